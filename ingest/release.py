@@ -1,0 +1,40 @@
+"""Releasing held mail: the sender becomes a customer and the message a ticket."""
+
+from __future__ import annotations
+
+from ingest import chain, directory, tickets
+from ingest.parse import parse_message
+from storage import store
+from storage.models import Customer, Message
+
+
+class ReleaseError(ValueError):
+    pass
+
+
+async def release(session, message: Message, *, ticket_prefix: str, by: str) -> int:
+    """Turn a held message into a ticket for its sender (created if new); returns the ticket number."""
+    if message.status != "held":
+        raise ReleaseError(f"message {message.id} is not held (it is {message.status})")
+    parsed = parse_message(message.raw)
+    snapshot = await directory.load(session)
+    ctx = chain.Context(
+        session=session,
+        directory=snapshot,
+        parsed=parsed,
+        sender=message.envelope_sender,
+        recipient=message.envelope_recipient,
+        source=message.source,
+        account="",
+        ticket_prefix=ticket_prefix,
+        department=next((d for d in snapshot.departments.values() if d.id == message.department_id), None),
+    )
+    address = ctx.sender_address
+    if not address:
+        raise ReleaseError(f"message {message.id} has no sender address to make a customer of")
+    ctx.customer = await store.customer_by_email(session, address) or Customer(
+        email=address, name=parsed.from_name, verified=False, added_by="released"
+    )
+    await tickets.act(ctx, message, chain.Decision("create", f"released by {by}"))
+    await session.flush()
+    return message.ticket_id

@@ -1,0 +1,102 @@
+"""Engine, sessions and schema versioning for SQLite (embedded) and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class SchemaOutdated(RuntimeError):
+    pass
+
+
+def _sqlite_setup(engine: AsyncEngine) -> None:
+    """WAL + synchronous=FULL: a 250 means the message is on disk.
+
+    pysqlite's own transaction handling breaks SAVEPOINT; we emit BEGIN ourselves, and
+    BEGIN IMMEDIATE for writers so a read never has to be upgraded to a write lock.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=30000"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn):
+        immediate = conn.get_execution_options().get("sqlite_immediate")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class Database:
+    """One engine per process; `session()` for reads, `writer()` for write transactions."""
+
+    def __init__(self, url: str):
+        self.url = url
+        parsed = make_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite and parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_async_engine(url, pool_pre_ping=not self.is_sqlite)
+        if self.is_sqlite:
+            _sqlite_setup(self.engine)
+        self.session = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.writer = async_sessionmaker(
+            self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False
+        )
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    async def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+
+    async def check_schema(self) -> None:
+        """Raise SchemaOutdated (one line for the operator) unless the schema is at head."""
+        current, head = await self.current_revision(), head_revision()
+        if current != head:
+            raise SchemaOutdated(
+                f"database schema is at {current or 'nothing'}, this ticketmail needs {head}: "
+                "run `ticketmail db upgrade` (or `serve --upgrade`)"
+            )
+
+
+def _alembic_config(url: str):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["url"] = url
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config("")).get_current_head()
+
+
+def upgrade(url: str) -> None:
+    """Migrate the schema to head (synchronous; runs its own event loop)."""
+    from alembic import command
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    command.upgrade(_alembic_config(url), "head")
+
+
+async def upgrade_async(url: str) -> None:
+    await asyncio.to_thread(upgrade, url)

@@ -1,0 +1,31 @@
+"""Alembic environment: runs migrations on the async engine of the configured URL."""
+
+import asyncio
+
+from alembic import context
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from storage.models import Base
+
+config = context.config
+
+
+def run(connection):
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def main():
+    engine = create_async_engine(config.attributes["url"])
+    async with engine.connect() as conn:
+        await conn.run_sync(run)
+        await conn.commit()
+    await engine.dispose()
+
+
+asyncio.run(main())

@@ -1,0 +1,154 @@
+"""Fixtures: every storage test runs on SQLite and on PostgreSQL, through real servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import smtplib
+import uuid
+
+import pytest
+
+from ingest.lmtp import LMTPListener
+from ingest.pipeline import Pipeline
+from storage.database import Database, upgrade
+
+PG_ADMIN_URL = os.environ.get("TICKETMAIL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI") == "true"
+
+
+def _pg(coro_fn):
+    import asyncpg
+
+    async def go():
+        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+        try:
+            return await coro_fn(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def pg_database():
+    """A fresh PostgreSQL database for this test run, migrated once; dropped at the end."""
+    name = f"ticketmail_test_{uuid.uuid4().hex[:10]}"
+    try:
+        _pg(lambda c: c.execute(f'CREATE DATABASE "{name}"'))
+    except Exception as e:  # noqa: BLE001 - any failure to reach the server
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is required under CI=true but unreachable: {e}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {e}")
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    url = f"{base.replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
+    upgrade(url)
+    yield url
+    _pg(lambda c: c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _truncate_pg(url: str) -> None:
+    import asyncpg
+
+    async def go():
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            tables = await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'alembic_version'"
+            )
+            names = ", ".join(f'"{t["tablename"]}"' for t in tables)
+            await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """An empty, migrated database of each kind."""
+    if request.param == "sqlite":
+        path = tmp_path / "ticketmail.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite+aiosqlite:///{path}"
+    url = request.getfixturevalue("pg_database")
+    _truncate_pg(url)
+    return url
+
+
+@pytest.fixture
+async def db(db_url):
+    database = Database(db_url)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+def cli(db_url, monkeypatch, capsys):
+    """Run a `ticketmail` command in this process; returns (exit code, stdout, stderr)."""
+    from ticketmail.cli import main
+
+    monkeypatch.setenv("TICKETMAIL_DATABASE_URL", db_url)
+    monkeypatch.delenv("TICKETMAIL_CONFIG", raising=False)
+
+    async def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = await asyncio.to_thread(main, list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+async def pipeline(db):
+    p = Pipeline(db)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+@pytest.fixture
+async def lmtp(pipeline):
+    """The real LMTP listener on a free loopback port."""
+    listener = LMTPListener(pipeline, host="127.0.0.1", port=0, max_message_bytes=1_000_000)
+    await listener.start()
+    yield listener
+    await listener.stop(grace=5)
+
+
+def lmtp_send(port: int, sender: str, recipients: list[str], raw: bytes) -> list[tuple[int, bytes]]:
+    """Deliver over LMTP with smtplib; returns the (code, text) reply of every recipient after DATA.
+
+    smtplib.LMTP reads one reply after DATA; LMTP sends one per accepted recipient, so read the rest.
+    """
+    with smtplib.LMTP("127.0.0.1", port) as client:
+        client.ehlo_or_helo_if_needed()
+        code, msg = client.mail(sender)
+        assert code == 250, msg
+        accepted, replies = [], []
+        for r in recipients:
+            code, msg = client.rcpt(r)
+            if code == 250:
+                accepted.append(r)
+            replies.append((r, code, msg))
+        if not accepted:
+            return [(c, m) for _, c, m in replies]
+        first = client.data(raw)
+        after = [first] + [client.getreply() for _ in accepted[1:]]
+        it = iter(after)
+        return [next(it) if c == 250 else (c, m) for _, c, m in replies]
+
+
+async def deliver(port: int, sender: str, recipients: list[str] | str, raw: bytes):
+    if isinstance(recipients, str):
+        recipients = [recipients]
+    return await asyncio.to_thread(lmtp_send, port, sender, recipients, raw)

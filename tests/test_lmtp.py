@@ -1,0 +1,147 @@
+"""The real LMTP server over loopback, driven with smtplib.LMTP."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import func, select, text
+
+from storage.models import Event, Message, Ticket
+from tests.conftest import deliver
+from tests.mail import message
+
+SUPPORT = "support@xyzhosting.com"
+SALES = "sales@xyzhosting.com"
+ALICE = "alice@customer.example"
+
+
+async def setup_helpdesk(cli, policy="hold"):
+    assert (await cli("department", "add", "Support", "--address", SUPPORT, "--unknown-sender", policy))[0] == 0
+    assert (await cli("department", "add", "Sales", "--address", SALES, "--unknown-sender", policy))[0] == 0
+    assert (await cli("customer", "add", ALICE, "--name", "Alice"))[0] == 0
+
+
+async def tickets(cli) -> list[dict]:
+    code, out, err = await cli("tickets", "list", "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+async def test_known_customer_mail_becomes_ticket_stored_byte_exact(cli, db, lmtp):
+    await setup_helpdesk(cli)
+    raw = message(subject="Printer on fire")
+    [(code, reply)] = await deliver(lmtp.port, ALICE, SUPPORT, raw)
+    assert code == 250 and b"ticket #1" in reply
+
+    [ticket] = await tickets(cli)
+    assert ticket["subject"] == "Printer on fire"
+    assert ticket["department"] == "Support"
+    assert ticket["customer"] == ALICE
+    assert ticket["messages"] == 1 and ticket["status"] == "open"
+    async with db.session() as s:
+        stored = await s.scalar(select(Message))
+    assert stored.raw == raw
+
+
+async def test_unknown_recipient_refused_at_rcpt(cli, lmtp):
+    await setup_helpdesk(cli)
+    replies = await deliver(lmtp.port, ALICE, ["nobody@xyzhosting.com"], message())
+    assert replies[0][0] == 550 and b"5.1.1" in replies[0][1]
+    assert await tickets(cli) == []
+
+
+async def test_multi_recipient_one_reply_per_recipient_in_order(cli, lmtp):
+    await setup_helpdesk(cli)
+    raw = message(to=f"{SUPPORT}, {SALES}")
+    replies = await deliver(lmtp.port, ALICE, [SUPPORT, "nobody@xyzhosting.com", SALES], raw)
+    assert [c for c, _ in replies] == [250, 550, 250]
+    assert SUPPORT.encode() in replies[0][1] and SALES.encode() in replies[2][1]
+    assert sorted(t["department"] for t in await tickets(cli)) == ["Sales", "Support"]
+
+
+async def test_two_addresses_of_one_department_make_one_ticket(cli, lmtp):
+    await cli("department", "add", "Support", "--address", SUPPORT, "--address", "help@xyzhosting.com")
+    await cli("customer", "add", ALICE)
+    replies = await deliver(lmtp.port, ALICE, [SUPPORT, "help@xyzhosting.com"], message())
+    assert [c for c, _ in replies] == [250, 250]
+    assert len(await tickets(cli)) == 1
+
+
+async def test_catch_all_address(cli, lmtp):
+    await cli("department", "add", "Billing", "--address", "*@billing.example", "--unknown-sender", "accept")
+    [(code, _)] = await deliver(lmtp.port, "bob@else.example", "anything@billing.example",
+                                message(frm="bob@else.example", to="anything@billing.example"))
+    assert code == 250
+    [ticket] = await tickets(cli)
+    assert ticket["department"] == "Billing" and ticket["customer"] == "bob@else.example"
+
+
+async def test_message_over_size_limit_gets_552_per_recipient(cli, lmtp):
+    await setup_helpdesk(cli)
+    big = message(body="x" * 70 + "\n" * 1) * 1 + b"y" * 1_100_000 + b"\r\n"
+    replies = await deliver(lmtp.port, ALICE, [SUPPORT, SALES], big)
+    assert [c for c, _ in replies] == [552, 552]
+    assert await tickets(cli) == []
+
+
+async def test_redelivery_after_lost_250_creates_no_second_ticket(cli, db, lmtp):
+    await setup_helpdesk(cli)
+    raw = message()
+    first = await deliver(lmtp.port, ALICE, SUPPORT, raw)
+    again = await deliver(lmtp.port, ALICE, SUPPORT, raw)
+    assert first[0][0] == again[0][0] == 250
+    assert b"ticket #1" in again[0][1]
+    assert len(await tickets(cli)) == 1
+    async with db.session() as s:
+        assert await s.scalar(select(func.count(Message.id))) == 1
+
+
+async def _break_storage_for(db, recipient: str) -> None:
+    """A real storage failure: the database refuses to store messages for `recipient`."""
+    async with db.writer() as s, s.begin():
+        if db.is_sqlite:
+            await s.execute(text(
+                "CREATE TRIGGER broken BEFORE INSERT ON events WHEN "
+                f"(SELECT envelope_recipient FROM messages WHERE id = NEW.message_id) = '{recipient}' "
+                "BEGIN SELECT RAISE(ABORT, 'injected storage failure'); END"))
+        else:
+            await s.execute(text(
+                "CREATE FUNCTION broken() RETURNS trigger AS $$ BEGIN IF (SELECT envelope_recipient FROM messages "
+                f"WHERE id = NEW.message_id) = '{recipient}' THEN RAISE EXCEPTION 'injected storage failure'; "
+                "END IF; RETURN NEW; END $$ LANGUAGE plpgsql"))
+            await s.execute(text("CREATE TRIGGER broken BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION broken()"))
+
+
+async def test_storage_failure_answers_451_and_writes_nothing_of_that_delivery(cli, db, lmtp):
+    await setup_helpdesk(cli)
+    await _break_storage_for(db, SALES)
+    replies = await deliver(lmtp.port, ALICE, [SUPPORT, SALES], message(to=f"{SUPPORT}, {SALES}"))
+    assert replies[0][0] == 250
+    assert replies[1][0] == 451 and b"4.3.0" in replies[1][1]
+    [ticket] = await tickets(cli)
+    assert ticket["department"] == "Support"
+    async with db.session() as s:
+        # The failed delivery left no message, ticket or event behind (its events failed half-way).
+        assert await s.scalar(select(func.count(Message.id))) == 1
+        assert await s.scalar(select(func.count(Ticket.id))) == 1
+        assert await s.scalar(select(func.count(Event.id)).where(Event.message_id != 1)) == 0
+
+
+async def test_reject_policy_answers_550_571(cli, lmtp):
+    await cli("department", "add", "Support", "--address", SUPPORT, "--unknown-sender", "reject")
+    [(code, reply)] = await deliver(lmtp.port, "eve@else.example", SUPPORT, message(frm="eve@else.example"))
+    assert code == 550 and b"5.7.1" in reply and b"known customers" in reply
+    assert await tickets(cli) == []
+
+
+async def test_shutdown_finishes_delivery_in_progress(cli, db, pipeline, lmtp):
+    await setup_helpdesk(cli)
+    import asyncio
+
+    sending = asyncio.create_task(deliver(lmtp.port, ALICE, SUPPORT, message()))
+    while not lmtp.handler.in_flight and not sending.done():
+        await asyncio.sleep(0.001)
+    await lmtp.stop()
+    [(code, _)] = await sending
+    assert code == 250
+    assert len(await tickets(cli)) == 1

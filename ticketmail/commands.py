@@ -1,0 +1,177 @@
+"""The admin commands behind the CLI: `<command>_<action>(db, config, args)`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+
+from ingest.release import release
+from ingest.rules import RuleError, parse_rules, rule_to_data, rules_from_data, rules_to_toml
+from storage import store
+from storage.models import Customer, Department, DepartmentAddress, utcnow
+from ticketmail.cli import CommandError, emit
+
+UNKNOWN_SENDER = ("challenge", "accept", "reject", "hold")
+
+
+def _address(text: str) -> str:
+    address = text.strip().lower()
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or " " in address or (local.startswith("*") and local != "*"):
+        raise CommandError(f"{text!r} is not an email address (or *@domain catch-all)")
+    return address
+
+
+async def department_add(db, config, args):
+    addresses = [_address(a) for a in args.address]
+    async with db.writer() as s, s.begin():
+        if await store.department_by_name(s, args.name):
+            raise CommandError(f"department {args.name!r} already exists")
+        taken = await s.scalars(select(DepartmentAddress.address).where(DepartmentAddress.address.in_(addresses)))
+        for address in taken:
+            raise CommandError(f"address {address} already belongs to a department")
+        s.add(Department(name=args.name, unknown_sender=args.unknown_sender,
+                         addresses=[DepartmentAddress(address=a) for a in addresses]))
+        await store.bump_revision(s)
+    print(f"department {args.name} added ({', '.join(addresses)}; unknown senders: {args.unknown_sender})")
+
+
+async def department_list(db, config, args):
+    async with db.session() as s:
+        depts = await store.departments(s)
+    data = [{"name": d.name, "addresses": [a.address for a in d.addresses], "unknown_sender": d.unknown_sender}
+            for d in depts]
+    emit(data, args.json, [f"{d['name']}\t{', '.join(d['addresses'])}\tunknown senders: {d['unknown_sender']}"
+                           for d in data])
+
+
+async def customer_add(db, config, args):
+    email = _address(args.email)
+    async with db.writer() as s, s.begin():
+        if await store.customer_by_email(s, email):
+            raise CommandError(f"customer {email} already exists")
+        s.add(Customer(email=email, name=args.name, verified=True, added_by="cli"))
+    print(f"customer {email} added")
+
+
+async def customer_list(db, config, args):
+    async with db.session() as s:
+        customers = list(await s.scalars(select(Customer).order_by(Customer.email)))
+    data = [{"email": c.email, "name": c.name, "verified": c.verified, "added_by": c.added_by,
+             "created_at": c.created_at.isoformat()} for c in customers]
+    emit(data, args.json, [f"{c['email']}\t{c['name']}\t{'verified' if c['verified'] else 'unverified'}"
+                           f" ({c['added_by']})" for c in data])
+
+
+async def customer_remove(db, config, args):
+    async with db.writer() as s, s.begin():
+        customer = await store.customer_by_email(s, args.email)
+        if customer is None:
+            raise CommandError(f"no customer {args.email}")
+        await s.delete(customer)
+    print(f"customer {args.email} removed")
+
+
+async def rules_import(db, config, args):
+    try:
+        text = Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CommandError(f"cannot read {args.file}: {e}") from None
+    rules = parse_rules(text)
+    async with db.writer() as s, s.begin():
+        for rule in rules:
+            for action in rule.actions:
+                if action.action == "assign" and not await store.department_by_name(s, action.value):
+                    raise RuleError(f'rule "{rule.name}": assigns unknown department "{action.value}"')
+        await store.replace_rules(s, [(r.name, rule_to_data(r)) for r in rules])
+    print(f"{len(rules)} rules imported from {args.file}")
+
+
+async def _rules(db):
+    async with db.session() as s:
+        return rules_from_data([r.definition for r in await store.rules(s)])
+
+
+async def rules_export(db, config, args):
+    print(rules_to_toml(await _rules(db)), end="")
+
+
+async def rules_list(db, config, args):
+    rules = await _rules(db)
+    emit([rule_to_data(r) for r in rules], args.json,
+         [f"{i}. {r.name} ({r.match}, {r.scope}): {len(r.conditions)} conditions -> "
+          + ", ".join(a.action + (f" {a.value}" if a.value else "") for a in r.actions)
+          for i, r in enumerate(rules, 1)])
+
+
+def _ticket_data(ticket, department, customer, count) -> dict:
+    return {"number": ticket.id, "subject": ticket.subject, "status": ticket.status, "department": department,
+            "customer": customer, "priority": ticket.priority, "tags": ticket.tags, "messages": count,
+            "created_at": ticket.created_at.isoformat(), "updated_at": ticket.updated_at.isoformat()}
+
+
+async def tickets_list(db, config, args):
+    async with db.session() as s:
+        rows = await store.tickets(s)
+    data = [_ticket_data(*row) for row in rows]
+    emit(data, args.json, [f"#{t['number']}\t{t['status']}\t{t['department'] or '-'}\t{t['customer'] or '-'}\t"
+                           f"{t['messages']} msg\t{t['subject']}" for t in data] or ["no tickets"])
+
+
+def _message_data(m) -> dict:
+    return {"id": m.id, "message_id": m.message_id, "from": m.from_addr, "to": m.to_addrs, "cc": m.cc_addrs,
+            "subject": m.subject, "date": m.date.isoformat() if m.date else None, "status": m.status,
+            "text": m.text, "attachments": [{"filename": a.filename, "content_type": a.content_type,
+                                             "size": a.size} for a in m.attachments],
+            "events": [{"at": e.at.isoformat(), "kind": e.kind, "detail": e.detail} for e in m.events]}
+
+
+async def tickets_show(db, config, args):
+    async with db.session() as s:
+        row = next((r for r in await store.tickets(s) if r[0].id == args.number), None)
+        if row is None:
+            raise CommandError(f"no ticket #{args.number}")
+        messages = await store.ticket_messages(s, args.number)
+    data = _ticket_data(*row) | {"messages": [_message_data(m) for m in messages]}
+    lines = [f"Ticket #{data['number']}: {data['subject']}",
+             f"status {data['status']}, priority {data['priority']}, department {data['department'] or '-'}, "
+             f"customer {data['customer'] or '-'}, tags {', '.join(data['tags']) or '-'}"]
+    for m in data["messages"]:
+        lines += ["", f"--- {m['date'] or '(no date)'} from {m['from'] or '(unknown)'}: {m['subject']}", m["text"]]
+        lines += [f"[attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes)" for a in m["attachments"]]
+        lines += [f"  {e['at']} {e['kind']}: {e['detail']}" for e in m["events"]]
+    emit(data, args.json, lines)
+
+
+async def held_list(db, config, args):
+    async with db.session() as s:
+        held = await store.held_messages(s)
+    data = [{"id": m.id, "from": m.from_addr or m.envelope_sender, "to": m.envelope_recipient, "subject": m.subject,
+             "received_at": m.received_at.isoformat(), "reason": m.events[-1].detail if m.events else ""}
+            for m in held]
+    emit(data, args.json, [f"{m['id']}\t{m['received_at']}\t{m['from']}\t{m['subject']}\t{m['reason']}"
+                           for m in data] or ["no held messages"])
+
+
+async def held_release(db, config, args):
+    async with db.writer() as s, s.begin():
+        message = await store.message(s, args.id)
+        if message is None:
+            raise CommandError(f"no message {args.id}")
+        number = await release(s, message, ticket_prefix=config.ticket_prefix, by="admin (ticketmail held release)")
+    print(f"message {args.id} released as ticket #{number}")
+
+
+async def held_purge(db, config, args):
+    days = config.challenge.held_days if args.days is None else args.days
+    if days < 0:
+        raise CommandError("--days must be 0 or more")
+    async with db.writer() as s, s.begin():
+        expired = await store.expired_messages(s, ("held", "deleted"), utcnow() - timedelta(days=days))
+        for m in expired:
+            was = m.status
+            m.status, m.raw, m.text, m.html, m.attachments = "purged", b"", "", "", []
+            await store.add_event(s, m, "purged", f"{was} message purged after {days} days; the log entry remains")
+    print(f"{len(expired)} messages purged (held or deleted more than {days} days ago)")

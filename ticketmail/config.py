@@ -1,0 +1,118 @@
+"""Configuration: a TOML file, every key overridable by TICKETMAIL_<SECTION>_<KEY>."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class LMTP:
+    host: str = "127.0.0.1"
+    port: int = 8024
+    socket: str = ""
+    max_message_bytes: int = 26214400
+
+
+@dataclass
+class Web:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = "http://127.0.0.1:8080"
+
+
+@dataclass
+class SMTP:
+    host: str = "127.0.0.1"
+    port: int = 25
+    security: str = "none"
+    username: str = ""
+    password: str = ""
+
+
+@dataclass
+class Challenge:
+    token_days: int = 7
+    held_days: int = 14
+    trusted_authserv_id: str = ""
+    challenge_unauthenticated: bool = True
+
+
+@dataclass
+class Bridge:
+    key_file: str = "var/secret.key"
+
+
+@dataclass
+class Config:
+    database_url: str = "sqlite+aiosqlite:///var/ticketmail.db"
+    ticket_prefix: str = "Ticket"
+    lmtp: LMTP = field(default_factory=LMTP)
+    web: Web = field(default_factory=Web)
+    smtp: SMTP = field(default_factory=SMTP)
+    challenge: Challenge = field(default_factory=Challenge)
+    bridge: Bridge = field(default_factory=Bridge)
+
+
+def _coerce(key: str, value, default):
+    """Convert a file or environment value to the type of the key's default, or name the key."""
+    kind = type(default)
+    if isinstance(value, str) and kind is not str:
+        text = value.strip().lower()
+        if kind is bool and text in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return text in ("true", "1", "yes", "on")
+        if kind is int:
+            try:
+                return int(text)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _apply(obj, data: dict, prefix: str, env: dict) -> None:
+    known = {f.name for f in fields(obj)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{prefix}{key}: unknown configuration key")
+    for f in fields(obj):
+        current = getattr(obj, f.name)
+        name = f"{prefix}{f.name}"
+        if hasattr(current, "__dataclass_fields__"):
+            section = data.get(f.name, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"{name}: expected a [{f.name}] table")
+            _apply(current, section, f"{name}.", env)
+            continue
+        if f.name in data:
+            setattr(obj, f.name, _coerce(name, data[f.name], current))
+        env_name = "TICKETMAIL_" + name.replace(".", "_").upper()
+        if env_name in env:
+            setattr(obj, f.name, _coerce(env_name, env[env_name], current))
+
+
+def load(path: str | None = None, env: dict | None = None) -> Config:
+    """Load the config file (or TICKETMAIL_CONFIG, or none) and apply environment overrides."""
+    env = dict(os.environ if env is None else env)
+    path = path or env.get("TICKETMAIL_CONFIG")
+    data: dict = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
+    config = Config()
+    _apply(config, data, "", env)
+    if config.smtp.security not in ("none", "starttls", "tls"):
+        raise ConfigError(f"smtp.security: expected none, starttls or tls, got {config.smtp.security!r}")
+    return config
