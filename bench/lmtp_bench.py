@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -28,8 +29,8 @@ SENDER = "alice@customer.example"
 
 
 def message_4k() -> bytes:
-    text = ("Hello support,\n\nour invoice INV-2026-0042 shows the wrong VAT number. " * 18).strip()
-    html = "<html><body><p>" + text.replace("\n", "<br>") + "</p></body></html>"
+    text = "Hello support,\n\n" + textwrap.fill("our invoice INV-2026-0042 shows the wrong VAT number. " * 18, 72)
+    html = "<html><body><p>\n" + text.replace("\n", "<br>\n") + "\n</p></body></html>"
     return _msg("=?utf-8?q?Rechnung_f=C3=BCr_November?=", "multipart/alternative; boundary=b1", [
         "--b1", "Content-Type: text/plain; charset=utf-8", "", text,
         "--b1", "Content-Type: text/html; charset=utf-8", "", html, "--b1--"])

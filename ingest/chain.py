@@ -52,7 +52,7 @@ class Context:
 AUTO_PRECEDENCE = {"bulk", "list", "junk"}
 
 
-async def detect_loop(ctx: Context) -> Decision | None:
+def detect_loop(ctx: Context) -> Decision | None:
     """Mail from our own department addresses, or marked as looped, must never make a ticket."""
     if ctx.parsed.from_addr and ctx.directory.is_own_address(ctx.parsed.from_addr):
         return Decision("ignore", f"mail loop: From {ctx.parsed.from_addr} is one of our own addresses")
@@ -62,7 +62,7 @@ async def detect_loop(ctx: Context) -> Decision | None:
     return None
 
 
-async def detect_auto_reply(ctx: Context) -> Decision | None:
+def detect_auto_reply(ctx: Context) -> Decision | None:
     """RFC 3834 auto-replies, bounces and list mail: recorded on their ticket, never a new one."""
     p = ctx.parsed
     auto_submitted = (p.first("Auto-Submitted") or "no").strip().lower()
@@ -102,7 +102,7 @@ def facts(ctx: Context) -> Facts:
     )
 
 
-async def apply_rules(ctx: Context) -> Decision | None:
+def apply_rules(ctx: Context) -> Decision | None:
     """The admin's processing rules: assign, priority, tag, trust, or delete."""
     start = ctx.department.name if ctx.department else None
     ctx.verdict = verdict = ctx.directory.rules.evaluate(facts(ctx), department=start)
@@ -119,19 +119,19 @@ async def apply_rules(ctx: Context) -> Decision | None:
     return None
 
 
-async def find_followup(ctx: Context) -> Decision | None:
+def find_followup(ctx: Context) -> Decision | None:
     """In-Reply-To/References naming a ticket's message, or an authorised subject reference."""
     p = ctx.parsed
-    ticket = await store.ticket_by_message_ids(ctx.session, p.in_reply_to + p.references)
+    ticket = store.ticket_by_message_ids(ctx.session, p.in_reply_to + p.references)
     if ticket:
         ctx.ticket = ticket
         return Decision("append", f"follow-up on ticket #{ticket.id} (In-Reply-To/References)")
     number = threading.find_ticket_number(p.subject, ctx.ticket_prefix)
     if number is not None:
-        ticket = await store.ticket(ctx.session, number)
+        ticket = store.ticket(ctx.session, number)
         if ticket is None:
             ctx.note("reference", f"subject names ticket #{number}, which does not exist")
-        elif await store.was_on_ticket(ctx.session, ticket, ctx.sender_address):
+        elif store.was_on_ticket(ctx.session, ticket, ctx.sender_address):
             ctx.ticket = ticket
             return Decision("append", f"follow-up on ticket #{number} (subject reference)")
         else:
@@ -145,14 +145,14 @@ async def find_followup(ctx: Context) -> Decision | None:
     return None
 
 
-async def sender_standing(ctx: Context) -> Decision | None:
+def sender_standing(ctx: Context) -> Decision | None:
     """A known customer, or a sender a rule trusts, gets a ticket."""
     address = ctx.sender_address
     if not address:
         return Decision("hold", "no sender address (no From, null envelope sender): held for review")
     if not ctx.parsed.from_addr:
         ctx.note("warning", f"no usable From header; using the envelope sender {address}")
-    ctx.customer = await store.customer_by_email(ctx.session, address)
+    ctx.customer = store.customer_by_email(ctx.session, address)
     if ctx.customer:
         return Decision("create", f"known customer {address}")
     if ctx.verdict and ctx.verdict.trust:
@@ -161,7 +161,7 @@ async def sender_standing(ctx: Context) -> Decision | None:
     return None
 
 
-async def unknown_sender_policy(ctx: Context) -> Decision | None:
+def unknown_sender_policy(ctx: Context) -> Decision | None:
     """The department's policy for senders it does not know."""
     address = ctx.sender_address
     policy = ctx.department.unknown_sender if ctx.department else "hold"
@@ -187,9 +187,9 @@ CHAIN = (
 )
 
 
-async def decide(ctx: Context) -> Decision:
+def decide(ctx: Context) -> Decision:
     for step in CHAIN:
-        decision = await step(ctx)
+        decision = step(ctx)
         if decision:
             return decision
     raise AssertionError("unknown_sender_policy always decides")

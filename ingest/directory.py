@@ -41,9 +41,9 @@ class Directory:
         return address.lower() in self.addresses
 
 
-async def load(session) -> Directory:
-    directory = Directory(revision=await store.revision(session))
-    for dept in await store.departments(session):
+def load(session) -> Directory:
+    directory = Directory(revision=store.revision(session))
+    for dept in store.departments(session):
         info = DepartmentInfo(dept.id, dept.name, dept.unknown_sender)
         directory.departments[dept.name.lower()] = info
         for a in dept.addresses:
@@ -51,12 +51,12 @@ async def load(session) -> Directory:
                 directory.catchalls[a.address[2:]] = info
             else:
                 directory.addresses[a.address] = info
-    directory.rules = RuleSet(rules_from_data([r.definition for r in await store.rules(session)]))
+    directory.rules = RuleSet(rules_from_data([r.definition for r in store.rules(session)]))
     return directory
 
 
-async def refresh(session, current: Directory) -> Directory:
+def refresh(session, current: Directory) -> Directory:
     """`current` if still up to date, else a fresh snapshot."""
-    if await store.revision(session) == current.revision:
+    if store.revision(session) == current.revision:
         return current
-    return await load(session)
+    return load(session)

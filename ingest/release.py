@@ -12,12 +12,12 @@ class ReleaseError(ValueError):
     pass
 
 
-async def release(session, message: Message, *, ticket_prefix: str, by: str) -> int:
+def release(session, message: Message, *, ticket_prefix: str, by: str) -> int:
     """Turn a held message into a ticket for its sender (created if new); returns the ticket number."""
     if message.status != "held":
         raise ReleaseError(f"message {message.id} is not held (it is {message.status})")
     parsed = parse_message(message.raw)
-    snapshot = await directory.load(session)
+    snapshot = directory.load(session)
     ctx = chain.Context(
         session=session,
         directory=snapshot,
@@ -32,9 +32,9 @@ async def release(session, message: Message, *, ticket_prefix: str, by: str) -> 
     address = ctx.sender_address
     if not address:
         raise ReleaseError(f"message {message.id} has no sender address to make a customer of")
-    ctx.customer = await store.customer_by_email(session, address) or Customer(
+    ctx.customer = store.customer_by_email(session, address) or Customer(
         email=address, name=parsed.from_name, verified=False, added_by="released"
     )
-    await tickets.act(ctx, message, chain.Decision("create", f"released by {by}"))
-    await session.flush()
+    tickets.act(ctx, message, chain.Decision("create", f"released by {by}"))
+    session.flush()
     return message.ticket_id

@@ -10,7 +10,7 @@ STATUS = {"create": "ticket", "append": "followup", "hold": "held", "delete": "d
           "reject": "rejected", "ignore": "ignored"}
 
 
-async def act(ctx: Context, message: Message, decision: Decision) -> None:
+def act(ctx: Context, message: Message, decision: Decision) -> None:
     """Apply `decision` to the stored `message` and log it, in the caller's transaction."""
     session = ctx.session
     message.status = STATUS[decision.action]
@@ -19,7 +19,7 @@ async def act(ctx: Context, message: Message, decision: Decision) -> None:
     if decision.action == "create":
         if ctx.customer.id is None:
             session.add(ctx.customer)
-            await session.flush()
+            session.flush()
             ctx.note("customer", f"customer {ctx.customer.email} added ({ctx.customer.added_by})")
         ticket = Ticket(
             subject=ctx.parsed.subject or "(no subject)",
@@ -29,7 +29,7 @@ async def act(ctx: Context, message: Message, decision: Decision) -> None:
             tags=list(verdict.tags) if verdict else [],
         )
         session.add(ticket)
-        await session.flush()
+        session.flush()
         message.ticket_id = ticket.id
         where = ctx.department.name if ctx.department else "no department"
         ctx.note("ticket-created", f"ticket #{ticket.id} created in {where}: {decision.reason}")
@@ -53,4 +53,4 @@ async def act(ctx: Context, message: Message, decision: Decision) -> None:
     else:
         ctx.note(decision.action if decision.action != "hold" else "held", decision.reason)
     for kind, detail in ctx.events:
-        await store.add_event(session, message, kind, detail)
+        store.add_event(session, message, kind, detail)

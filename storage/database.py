@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.orm import sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -16,14 +17,14 @@ class SchemaOutdated(RuntimeError):
     pass
 
 
-def _sqlite_setup(engine: AsyncEngine) -> None:
+def _sqlite_setup(engine: Engine) -> None:
     """WAL + synchronous=FULL: a 250 means the message is on disk.
 
     pysqlite's own transaction handling breaks SAVEPOINT; we emit BEGIN ourselves, and
     BEGIN IMMEDIATE for writers so a read never has to be upgraded to a write lock.
     """
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection, _record):
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -31,14 +32,14 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def on_begin(conn):
         immediate = conn.get_execution_options().get("sqlite_immediate")
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 class Database:
-    """One engine per process; `session()` for reads, `writer()` for write transactions."""
+    """One engine per loop; `session()` for reads, `writer()` for write transactions, `run()` for both."""
 
     def __init__(self, url: str):
         self.url = url
@@ -48,7 +49,7 @@ class Database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_async_engine(url, pool_pre_ping=not self.is_sqlite)
         if self.is_sqlite:
-            _sqlite_setup(self.engine)
+            _sqlite_setup(self.engine.sync_engine)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
         self.writer = async_sessionmaker(
             self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False
@@ -56,6 +57,19 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+    async def run(self, fn, *args, write: bool = False):
+        """Call `fn(session, *args)` (a store function) in one transaction, committed on success."""
+        async with (self.writer if write else self.session)() as session, session.begin():
+            return await session.run_sync(fn, *args)
+
+    def sync_sqlite_sessions(self) -> sessionmaker:
+        """Blocking sessions on the same SQLite file, for a writer that owns a thread of its own:
+        no round trip through aiosqlite's thread for every statement."""
+        url = make_url(self.url).set(drivername="sqlite+pysqlite")
+        engine = create_engine(url, execution_options={"sqlite_immediate": True})
+        _sqlite_setup(engine)
+        return sessionmaker(engine, expire_on_commit=False)
 
     async def current_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext

@@ -112,9 +112,23 @@ async def _break_storage_for(db, recipient: str) -> None:
             await s.execute(text("CREATE TRIGGER broken BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION broken()"))
 
 
+async def _repair_storage(db) -> None:
+    async with db.writer() as s, s.begin():
+        await s.execute(text("DROP TRIGGER broken" if db.is_sqlite else "DROP TRIGGER broken ON events"))
+        if not db.is_sqlite:
+            await s.execute(text("DROP FUNCTION broken"))
+
+
 async def test_storage_failure_answers_451_and_writes_nothing_of_that_delivery(cli, db, lmtp):
     await setup_helpdesk(cli)
     await _break_storage_for(db, SALES)
+    try:
+        await _storage_failure(cli, db, lmtp)
+    finally:
+        await _repair_storage(db)
+
+
+async def _storage_failure(cli, db, lmtp):
     replies = await deliver(lmtp.port, ALICE, [SUPPORT, SALES], message(to=f"{SUPPORT}, {SALES}"))
     assert replies[0][0] == 250
     assert replies[1][0] == 451 and b"4.3.0" in replies[1][1]

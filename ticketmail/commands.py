@@ -1,4 +1,8 @@
-"""The admin commands behind the CLI: `<command>_<action>(db, config, args)`."""
+"""The admin commands behind the CLI: `<command>_<action>(db, config, args)`.
+
+Each reads or writes in one transaction through `db.run(fn, ...)`, where `fn` is a plain function
+of a session; output is printed after the commit.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,6 @@ from storage import store
 from storage.models import Customer, Department, DepartmentAddress, utcnow
 from ticketmail.cli import CommandError, emit
 
-UNKNOWN_SENDER = ("challenge", "accept", "reject", "hold")
-
 
 def _address(text: str) -> str:
     address = text.strip().lower()
@@ -26,51 +28,60 @@ def _address(text: str) -> str:
 
 async def department_add(db, config, args):
     addresses = [_address(a) for a in args.address]
-    async with db.writer() as s, s.begin():
-        if await store.department_by_name(s, args.name):
+
+    def add(s):
+        if store.department_by_name(s, args.name):
             raise CommandError(f"department {args.name!r} already exists")
-        taken = await s.scalars(select(DepartmentAddress.address).where(DepartmentAddress.address.in_(addresses)))
-        for address in taken:
+        for address in s.scalars(select(DepartmentAddress.address).where(DepartmentAddress.address.in_(addresses))):
             raise CommandError(f"address {address} already belongs to a department")
         s.add(Department(name=args.name, unknown_sender=args.unknown_sender,
                          addresses=[DepartmentAddress(address=a) for a in addresses]))
-        await store.bump_revision(s)
+        store.bump_revision(s)
+
+    await db.run(add, write=True)
     print(f"department {args.name} added ({', '.join(addresses)}; unknown senders: {args.unknown_sender})")
 
 
 async def department_list(db, config, args):
-    async with db.session() as s:
-        depts = await store.departments(s)
-    data = [{"name": d.name, "addresses": [a.address for a in d.addresses], "unknown_sender": d.unknown_sender}
-            for d in depts]
+    def collect(s):
+        return [{"name": d.name, "addresses": [a.address for a in d.addresses], "unknown_sender": d.unknown_sender}
+                for d in store.departments(s)]
+
+    data = await db.run(collect)
     emit(data, args.json, [f"{d['name']}\t{', '.join(d['addresses'])}\tunknown senders: {d['unknown_sender']}"
                            for d in data])
 
 
 async def customer_add(db, config, args):
     email = _address(args.email)
-    async with db.writer() as s, s.begin():
-        if await store.customer_by_email(s, email):
+
+    def add(s):
+        if store.customer_by_email(s, email):
             raise CommandError(f"customer {email} already exists")
         s.add(Customer(email=email, name=args.name, verified=True, added_by="cli"))
+
+    await db.run(add, write=True)
     print(f"customer {email} added")
 
 
 async def customer_list(db, config, args):
-    async with db.session() as s:
-        customers = list(await s.scalars(select(Customer).order_by(Customer.email)))
-    data = [{"email": c.email, "name": c.name, "verified": c.verified, "added_by": c.added_by,
-             "created_at": c.created_at.isoformat()} for c in customers]
+    def collect(s):
+        return [{"email": c.email, "name": c.name, "verified": c.verified, "added_by": c.added_by,
+                 "created_at": c.created_at.isoformat()} for c in s.scalars(select(Customer).order_by(Customer.email))]
+
+    data = await db.run(collect)
     emit(data, args.json, [f"{c['email']}\t{c['name']}\t{'verified' if c['verified'] else 'unverified'}"
                            f" ({c['added_by']})" for c in data])
 
 
 async def customer_remove(db, config, args):
-    async with db.writer() as s, s.begin():
-        customer = await store.customer_by_email(s, args.email)
+    def remove(s):
+        customer = store.customer_by_email(s, args.email)
         if customer is None:
             raise CommandError(f"no customer {args.email}")
-        await s.delete(customer)
+        s.delete(customer)
+
+    await db.run(remove, write=True)
     print(f"customer {args.email} removed")
 
 
@@ -80,18 +91,20 @@ async def rules_import(db, config, args):
     except (OSError, UnicodeDecodeError) as e:
         raise CommandError(f"cannot read {args.file}: {e}") from None
     rules = parse_rules(text)
-    async with db.writer() as s, s.begin():
+
+    def replace(s):
         for rule in rules:
             for action in rule.actions:
-                if action.action == "assign" and not await store.department_by_name(s, action.value):
+                if action.action == "assign" and not store.department_by_name(s, action.value):
                     raise RuleError(f'rule "{rule.name}": assigns unknown department "{action.value}"')
-        await store.replace_rules(s, [(r.name, rule_to_data(r)) for r in rules])
+        store.replace_rules(s, [(r.name, rule_to_data(r)) for r in rules])
+
+    await db.run(replace, write=True)
     print(f"{len(rules)} rules imported from {args.file}")
 
 
 async def _rules(db):
-    async with db.session() as s:
-        return rules_from_data([r.definition for r in await store.rules(s)])
+    return rules_from_data([r.definition for r in await db.run(store.rules)])
 
 
 async def rules_export(db, config, args):
@@ -113,9 +126,7 @@ def _ticket_data(ticket, department, customer, count) -> dict:
 
 
 async def tickets_list(db, config, args):
-    async with db.session() as s:
-        rows = await store.tickets(s)
-    data = [_ticket_data(*row) for row in rows]
+    data = [_ticket_data(*row) for row in await db.run(store.tickets)]
     emit(data, args.json, [f"#{t['number']}\t{t['status']}\t{t['department'] or '-'}\t{t['customer'] or '-'}\t"
                            f"{t['messages']} msg\t{t['subject']}" for t in data] or ["no tickets"])
 
@@ -129,12 +140,13 @@ def _message_data(m) -> dict:
 
 
 async def tickets_show(db, config, args):
-    async with db.session() as s:
-        row = next((r for r in await store.tickets(s) if r[0].id == args.number), None)
+    def collect(s):
+        row = store.ticket_row(s, args.number)
         if row is None:
             raise CommandError(f"no ticket #{args.number}")
-        messages = await store.ticket_messages(s, args.number)
-    data = _ticket_data(*row) | {"messages": [_message_data(m) for m in messages]}
+        return _ticket_data(*row) | {"messages": [_message_data(m) for m in store.ticket_messages(s, args.number)]}
+
+    data = await db.run(collect)
     lines = [f"Ticket #{data['number']}: {data['subject']}",
              f"status {data['status']}, priority {data['priority']}, department {data['department'] or '-'}, "
              f"customer {data['customer'] or '-'}, tags {', '.join(data['tags']) or '-'}"]
@@ -146,21 +158,24 @@ async def tickets_show(db, config, args):
 
 
 async def held_list(db, config, args):
-    async with db.session() as s:
-        held = await store.held_messages(s)
-    data = [{"id": m.id, "from": m.from_addr or m.envelope_sender, "to": m.envelope_recipient, "subject": m.subject,
-             "received_at": m.received_at.isoformat(), "reason": m.events[-1].detail if m.events else ""}
-            for m in held]
+    def collect(s):
+        return [{"id": m.id, "from": m.from_addr or m.envelope_sender, "to": m.envelope_recipient,
+                 "subject": m.subject, "received_at": m.received_at.isoformat(),
+                 "reason": m.events[-1].detail if m.events else ""} for m in store.held_messages(s)]
+
+    data = await db.run(collect)
     emit(data, args.json, [f"{m['id']}\t{m['received_at']}\t{m['from']}\t{m['subject']}\t{m['reason']}"
                            for m in data] or ["no held messages"])
 
 
 async def held_release(db, config, args):
-    async with db.writer() as s, s.begin():
-        message = await store.message(s, args.id)
+    def release_one(s):
+        message = store.message(s, args.id)
         if message is None:
             raise CommandError(f"no message {args.id}")
-        number = await release(s, message, ticket_prefix=config.ticket_prefix, by="admin (ticketmail held release)")
+        return release(s, message, ticket_prefix=config.ticket_prefix, by="admin (ticketmail held release)")
+
+    number = await db.run(release_one, write=True)
     print(f"message {args.id} released as ticket #{number}")
 
 
@@ -168,10 +183,14 @@ async def held_purge(db, config, args):
     days = config.challenge.held_days if args.days is None else args.days
     if days < 0:
         raise CommandError("--days must be 0 or more")
-    async with db.writer() as s, s.begin():
-        expired = await store.expired_messages(s, ("held", "deleted"), utcnow() - timedelta(days=days))
+
+    def purge(s):
+        expired = store.expired_messages(s, ("held", "deleted"), utcnow() - timedelta(days=days))
         for m in expired:
             was = m.status
             m.status, m.raw, m.text, m.html, m.attachments = "purged", b"", "", "", []
-            await store.add_event(s, m, "purged", f"{was} message purged after {days} days; the log entry remains")
-    print(f"{len(expired)} messages purged (held or deleted more than {days} days ago)")
+            store.add_event(s, m, "purged", f"{was} message purged after {days} days; the log entry remains")
+        return len(expired)
+
+    count = await db.run(purge, write=True)
+    print(f"{count} messages purged (held or deleted more than {days} days ago)")
