@@ -30,7 +30,8 @@ MAX_DEPTH = 50                  # multipart levels we descend; deeper subtrees b
 MAX_WARNINGS = 100              # hostile input can produce thousands of defects
 MAX_ADDRESS_CHARS = 64 * 1024   # getaddresses is pure Python: a 1 MB To header would take seconds
 
-_FLATTEN = policy.compat32.clone(max_line_length=0)  # re-serialise embedded messages without refolding
+# Re-serialise embedded messages without refolding their headers, in the input's line ending.
+_FLATTEN = {sep: policy.compat32.clone(max_line_length=0, linesep=sep) for sep in ("\n", "\r\n")}
 
 
 @dataclass(frozen=True)
@@ -206,15 +207,17 @@ def _addresses(values: list[str], name: str, w: _Warnings) -> list[tuple[str, st
     joined = ", ".join(values)
     if len(joined) > MAX_ADDRESS_CHARS:
         w.add(f"{name} header longer than {MAX_ADDRESS_CHARS} characters, rest ignored")
-        joined = joined[:MAX_ADDRESS_CHARS]
-    pairs = []
+        joined = joined[:joined.rfind(",", 0, MAX_ADDRESS_CHARS) + 1 or MAX_ADDRESS_CHARS]
+    pairs, rejected = [], 0
     for display, addr in getaddresses([joined]):
         addr = addr.strip().lower()
         if "@" in addr.strip("@"):
             display = _decode_words(display, f"header {name}", w).strip()
             pairs.append((_clean(display, f"header {name}", w), _clean(addr, f"header {name}", w)))
-        elif addr:
-            w.add(f"no valid address in {name} entry {_short(addr)}")
+        else:
+            rejected += bool(addr)  # empty entries are groups like "undisclosed-recipients:;"
+    if rejected and name != "From":  # the caller words a missing sender itself
+        w.add(f"{rejected} entries without an address in {name} header")
     return pairs
 
 
@@ -252,7 +255,8 @@ class _Body:
 
 
 _EXTENSIONS = {"text/plain": ".txt", "text/html": ".html", "message/rfc822": ".eml",
-               "message/global": ".eml"}
+               "message/global": ".eml", "image/png": ".png", "image/jpeg": ".jpg", "image/gif": ".gif",
+               "application/pdf": ".pdf"}
 _CONTENT_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
 _FILENAME_JUNK = re.compile(r'[\x00-\x1f\x7f\\/:*?"<>|]+')
 _KNOWN_CTE = {"", "7bit", "8bit", "binary", "base64", "quoted-printable",
@@ -310,13 +314,16 @@ def _payload(part: Message, n: int, w: _Warnings) -> bytes:
     return content if isinstance(content, bytes) else b""
 
 
-def _flatten(part: Message, n: int, linesep: str, w: _Warnings) -> bytes:
-    """The body of a part that compat32 parsed into sub-messages (message/*, deep multiparts), re-serialised."""
+def _flatten(part: Message, n: int, linesep: str, with_headers: bool, w: _Warnings) -> bytes:
+    """A part that compat32 parsed into sub-messages, re-serialised: whole (a multipart subtree keeps
+    the headers naming its boundary) or only its body (message/*: the embedded message)."""
     try:
-        data = part.as_bytes(policy=_FLATTEN.clone(linesep=linesep))
+        data = part.as_bytes(policy=_FLATTEN[linesep])
     except Exception as exc:  # RecursionError when the subtree itself is pathologically deep
         w.add(f"part {n} could not be serialised ({type(exc).__name__}), content left empty")
         return b""
+    if with_headers:
+        return data
     if len(part) == 0:  # no headers: the generator wrote one line break, then the body
         return data[len(linesep):]
     return data.split(linesep.encode() * 2, 1)[-1]
@@ -365,9 +372,10 @@ def _walk(part: Message, body: _Body, numbers: Iterator[int], linesep: str, w: _
             _walk(child, body, numbers, linesep, w, depth + 1)
         return
     if isinstance(children, list):  # message/* (kept whole), or nesting past MAX_DEPTH
-        if ctype.startswith("multipart/"):
+        deep = ctype.startswith("multipart/")
+        if deep:
             w.add(f"multipart nesting deeper than {MAX_DEPTH} levels, rest kept as attachment")
-        content = _flatten(part, n, linesep, w)
+        content = _flatten(part, n, linesep, deep, w)
     else:
         content = _payload(part, n, w)
     _defects(part, n, w)
@@ -441,7 +449,7 @@ def _structure(raw: bytes, w: _Warnings) -> Message:
     try:
         return BytesParser(policy=policy.compat32).parsebytes(raw)
     except Exception as exc:  # RecursionError: the feed parser recurses once per nesting level
-        w.add(f"MIME structure could not be parsed ({type(exc).__name__}), body kept as plain text")
+        w.add(f"MIME structure could not be parsed ({type(exc).__name__}), body left unparsed")
         return BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
 
 

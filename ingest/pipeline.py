@@ -143,33 +143,43 @@ class Pipeline:
                 pass  # the caller went away (connection lost); the MTA will retry and find it stored
 
     def _process_all(self, session, jobs: list[_Job]) -> list[Outcome | Exception]:
+        """The whole group in one savepoint; if anything in it fails, again one message at a time."""
         self.directory = directory.refresh(session, self.directory)
-        return [self._process_one(session, job) for job in jobs]
-
-    def _process_one(self, session, job: _Job) -> Outcome | Exception:
-        key = dedup_key(job.delivery, self.directory)
+        keys = [dedup_key(job.delivery, self.directory) for job in jobs]
         try:
             with session.begin_nested():
-                return self._process(session, job, key)
+                seen = store.messages_by_key(session, keys)
+                stored = [self._process(session, job, key, seen) for job, key in zip(jobs, keys)]
+                session.flush()
+            return [outcome(m, reason) for m, reason in stored]
+        except Exception:
+            log.info("a message of a group of %d failed; storing them one by one", len(jobs))
+        return [self._process_one(session, job, key) for job, key in zip(jobs, keys)]
+
+    def _process_one(self, session, job: _Job, key: str) -> Outcome | Exception:
+        try:
+            with session.begin_nested():
+                message, reason = self._process(session, job, key, store.messages_by_key(session, [key]))
+                session.flush()
+            return outcome(message, reason)
         except IntegrityError:
             # Another process committed the same delivery first: answer as it did.
-            existing = store.message_by_key(session, key)
+            existing = store.messages_by_key(session, [key]).get(key)
             if existing:
-                return Outcome(existing.status, existing.ticket_id, "already delivered", duplicate=True)
+                return outcome(existing, "already delivered")
             log.exception("storing message from %s failed", job.delivery.sender)
             return RuntimeError("integrity error")
         except Exception as e:
             log.exception("storing message from %s to %s failed", job.delivery.sender, job.delivery.recipient)
             return e
 
-    def _process(self, session, job: _Job, key: str) -> Outcome:
+    def _process(self, session, job: _Job, key: str, seen: dict[str, Message]) -> tuple[Message, str]:
+        """Record, decide and act on one delivery; returns the stored message and the reason."""
+        if key in seen:
+            return seen[key], "already delivered"
         d, parsed = job.delivery, job.parsed
-        existing = store.message_by_key(session, key)
-        if existing:
-            return Outcome(existing.status, existing.ticket_id, "already delivered", duplicate=True)
-        message = record(d, parsed, key)
+        message = seen[key] = record(d, parsed, key)
         session.add(message)
-        session.flush()
         ctx = chain.Context(
             session=session,
             directory=self.directory,
@@ -185,8 +195,11 @@ class Pipeline:
             ctx.note("parse-warning", warning)
         decision = chain.decide(ctx)
         tickets.act(ctx, message, decision)
-        session.flush()
-        return Outcome(message.status, message.ticket_id, decision.reason)
+        return message, decision.reason
+
+
+def outcome(message: Message, reason: str) -> Outcome:
+    return Outcome(message.status, message.ticket_id, reason, duplicate=reason == "already delivered")
 
 
 def dedup_key(delivery: Delivery, directory_: directory.Directory) -> str:

@@ -18,24 +18,19 @@ def act(ctx: Context, message: Message, decision: Decision) -> None:
     verdict = ctx.verdict
     if decision.action == "create":
         if ctx.customer.id is None:
-            session.add(ctx.customer)
-            session.flush()
             ctx.note("customer", f"customer {ctx.customer.email} added ({ctx.customer.added_by})")
-        ticket = Ticket(
+        message.ticket = Ticket(
             subject=ctx.parsed.subject or "(no subject)",
             department_id=message.department_id,
-            customer_id=ctx.customer.id,
+            customer=ctx.customer,
             priority=(verdict and verdict.priority) or "normal",
             tags=list(verdict.tags) if verdict else [],
         )
-        session.add(ticket)
-        session.flush()
-        message.ticket_id = ticket.id
         where = ctx.department.name if ctx.department else "no department"
-        ctx.note("ticket-created", f"ticket #{ticket.id} created in {where}: {decision.reason}")
+        ctx.note("ticket-created", f"new ticket in {where}: {decision.reason}")
     elif decision.action == "append":
         ticket = ctx.ticket
-        message.ticket_id = ticket.id
+        message.ticket = ticket
         message.department_id = ticket.department_id
         if ctx.auto:
             message.status = "auto_reply"

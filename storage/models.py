@@ -80,6 +80,7 @@ class Ticket(Base):
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    customer: Mapped[Customer | None] = relationship(lazy="raise")
 
 
 class Message(Base):
@@ -110,11 +111,12 @@ class Message(Base):
     envelope_sender: Mapped[str] = mapped_column(String(320), default="")
     envelope_recipient: Mapped[str] = mapped_column(String(320), default="")
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ticket: Mapped[Ticket | None] = relationship(lazy="raise")
     attachments: Mapped[list[Attachment]] = relationship(
         lazy="raise", cascade="all, delete-orphan", order_by="Attachment.id"
     )
     events: Mapped[list[Event]] = relationship(
-        lazy="raise", cascade="all, delete-orphan", order_by="Event.id"
+        lazy="raise", cascade="all, delete-orphan", order_by="Event.id", back_populates="message"
     )
 
 
@@ -140,6 +142,7 @@ class Event(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     kind: Mapped[str] = mapped_column(String(40))
     detail: Mapped[str] = mapped_column(Text, default="")
+    message: Mapped[Message] = relationship(lazy="raise", back_populates="events")
 
 
 class Rule(Base):

@@ -70,8 +70,9 @@ def replace_rules(session, definitions: list[tuple[str, dict]]) -> None:
     bump_revision(session)
 
 
-def message_by_key(session, dedup_key: str) -> Message | None:
-    return session.scalar(select(Message).where(Message.dedup_key == dedup_key))
+def messages_by_key(session, dedup_keys: list[str]) -> dict[str, Message]:
+    rows = session.scalars(select(Message).where(Message.dedup_key.in_(dedup_keys)))
+    return {m.dedup_key: m for m in rows}
 
 
 def ticket_by_message_ids(session, message_ids: list[str]) -> Ticket | None:
@@ -110,7 +111,7 @@ def was_on_ticket(session, ticket: Ticket, address: str) -> bool:
 
 
 def add_event(session, message: Message, kind: str, detail: str) -> None:
-    session.add(Event(message_id=message.id, kind=kind, detail=clean(detail)))
+    session.add(Event(message=message, kind=kind, detail=clean(detail)))
 
 
 def _ticket_rows():
