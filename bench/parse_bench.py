@@ -43,8 +43,8 @@ PROSE = (b"Hallo zusammen,\n\nseit heute morgen ist unser Server nicht mehr erre
 
 def small_message() -> bytes:
     """A ~4 KB multipart/alternative reply: text and HTML, Received headers, encoded-word subject."""
-    text = PROSE * 6 + b"\nViele Gr=C3=BC=C3=9Fe\nJ=C3=BCrgen\n"
-    html = b"<html><body>" + b"".join(b"<p>" + PROSE.strip() + b"</p>\n" for _ in range(6)) + b"</body></html>\n"
+    text = PROSE * 7 + b"\nViele Gr=C3=BC=C3=9Fe\nJ=C3=BCrgen\n"
+    html = b"<html><body>" + b"".join(b"<p>" + PROSE.strip() + b"</p>\n" for _ in range(7)) + b"</body></html>\n"
     return HEADERS + (
         b'Content-Type: multipart/alternative; boundary="000000000000abcdef"\n\n'
         b"--000000000000abcdef\nContent-Type: text/plain; charset=\"UTF-8\"\n"

@@ -42,11 +42,15 @@ class Context:
 
     @property
     def sender_address(self) -> str:
-        """Who the ticket is from: the From address, else the envelope sender."""
-        return self.parsed.from_addr or self.sender.lower()
+        return sender_address(self.parsed, self.sender)
 
     def note(self, kind: str, detail: str) -> None:
         self.events.append((kind, detail))
+
+
+def sender_address(parsed: ParsedMessage, envelope_sender: str) -> str:
+    """Who the ticket is from: the From address, else the envelope sender."""
+    return parsed.from_addr or envelope_sender.lower()
 
 
 AUTO_PRECEDENCE = {"bulk", "list", "junk"}

@@ -105,20 +105,25 @@ _CHARSET_ALIASES = {
 
 
 @lru_cache(maxsize=256)
-def _codec(charset: str) -> str | None:
-    """The Python text codec for a MIME charset label, or None if unknown (or not a text codec)."""
+def _codecs(charset: str) -> tuple[str, ...]:
+    """Python text codecs for a MIME charset label, preferred superset first; () if unknown."""
     label = charset.strip().strip("\"'").lower()
-    try:
-        info = codecs.lookup(_CHARSET_ALIASES.get(label, label))
-    except (LookupError, ValueError, TypeError):
-        return None
-    return info.name if getattr(info, "_is_text_encoding", True) else None  # no base64, rot13
+    found = []
+    for name in (_CHARSET_ALIASES.get(label), label):
+        try:
+            info = codecs.lookup(name) if name else None
+        except (LookupError, ValueError, TypeError):
+            continue
+        # CodecInfo marks bytes-to-bytes codecs (base64, rot13...) that bytes.decode refuses.
+        if info and getattr(info, "_is_text_encoding", True) and info.name not in found:
+            found.append(info.name)
+    return tuple(found)
 
 
 def _decode_bytes(data: bytes, charset: str | None, where: str, w: _Warnings) -> str:
     """Decode with the declared charset, else UTF-8, cp1252, latin-1 (which always succeeds); warn on fallback."""
-    codec = _codec(charset) if charset else None
-    if codec:
+    declared = _codecs(charset) if charset else ()
+    for codec in declared:
         try:
             return data.decode(codec)
         except Exception:  # UnicodeDecodeError, or a stateful codec's own errors
@@ -128,7 +133,7 @@ def _decode_bytes(data: bytes, charset: str | None, where: str, w: _Warnings) ->
             text = data.decode(fallback)
         except UnicodeDecodeError:
             continue
-        if charset and not codec:
+        if charset and not declared:
             w.add(f"unknown charset {_short(charset, 30)} in {where}, decoded as {fallback}")
         elif charset:
             w.add(f"text in {where} is not valid {_short(charset, 30)}, decoded as {fallback}")
@@ -209,7 +214,12 @@ def _addresses(values: list[str], name: str, w: _Warnings) -> list[tuple[str, st
         w.add(f"{name} header longer than {MAX_ADDRESS_CHARS} characters, rest ignored")
         joined = joined[:joined.rfind(",", 0, MAX_ADDRESS_CHARS) + 1 or MAX_ADDRESS_CHARS]
     pairs, rejected = [], 0
-    for display, addr in getaddresses([joined]):
+    try:
+        parsed = getaddresses([joined])
+    except Exception as exc:  # the old address parser has had crash bugs on odd input
+        w.add(f"{name} header could not be parsed ({type(exc).__name__})")
+        parsed = []
+    for display, addr in parsed:
         addr = addr.strip().lower()
         if "@" in addr.strip("@"):
             display = _decode_words(display, f"header {name}", w).strip()
@@ -227,8 +237,7 @@ _MSGID = re.compile(r"<([^<>]*)>")
 def _message_ids(value: str) -> list[str]:
     """Message-ids in a header value without brackets; an unbracketed single token counts as one."""
     ids = ["".join(found.split()) for found in _MSGID.findall(value)]
-    ids = [i for i in ids if i]
-    if not ids and len(value.split()) == 1:
+    if not any(ids) and len(value.split()) == 1:
         ids = [value.strip().strip("<>")]
     return [i for i in ids if i]
 
@@ -256,7 +265,7 @@ class _Body:
 
 _EXTENSIONS = {"text/plain": ".txt", "text/html": ".html", "message/rfc822": ".eml",
                "message/global": ".eml", "image/png": ".png", "image/jpeg": ".jpg", "image/gif": ".gif",
-               "application/pdf": ".pdf"}
+               "application/pdf": ".pdf", "message/delivery-status": ".txt"}
 _CONTENT_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
 _FILENAME_JUNK = re.compile(r'[\x00-\x1f\x7f\\/:*?"<>|]+')
 _KNOWN_CTE = {"", "7bit", "8bit", "binary", "base64", "quoted-printable",
@@ -282,7 +291,8 @@ def _content_type(view: Message) -> str:
 
 
 def _filename(view: Message, n: int, w: _Warnings) -> str:
-    """The declared filename (RFC 2231 or RFC 2047 encoded), without directories or control characters."""
+    """The declared filename (RFC 2231 or RFC 2047 encoded), without directories, control characters
+    or characters Windows refuses in names."""
     name = view.get_filename() or ""
     name = _decode_words(_unfold(name, f"filename in part {n}", w), f"filename in part {n}", w)
     name = re.split(r"[\\/]", name)[-1]  # senders leak client paths like C:\Users\...
@@ -363,15 +373,25 @@ def _walk(part: Message, body: _Body, numbers: Iterator[int], linesep: str, w: _
           depth: int = 0) -> None:
     """Sort one MIME entity and its children into body text, html and attachments."""
     n = next(numbers)
+    try:
+        _sort(part, n, body, numbers, linesep, w, depth)
+    except Exception as exc:  # one bad part must not cost the others
+        w.add(f"part {n} could not be decoded ({type(exc).__name__}), skipped")
+
+
+def _sort(part: Message, n: int, body: _Body, numbers: Iterator[int], linesep: str, w: _Warnings,
+          depth: int) -> None:
+    """File part `n` as body text or html or an attachment, or descend into its children."""
     view = _params_view(part, n, w)
     ctype = _content_type(view)
-    children = part.get_payload()
-    if isinstance(children, list) and ctype.startswith("multipart/") and depth < MAX_DEPTH:
+    # A list of sub-messages for multipart and message/*; get_payload() on a leaf would decode it.
+    children = part.get_payload() if part.is_multipart() else None
+    if children is not None and ctype.startswith("multipart/") and depth < MAX_DEPTH:
         _defects(part, n, w)
         for child in children:
             _walk(child, body, numbers, linesep, w, depth + 1)
         return
-    if isinstance(children, list):  # message/* (kept whole), or nesting past MAX_DEPTH
+    if children is not None:  # message/* (kept whole), or nesting past MAX_DEPTH
         deep = ctype.startswith("multipart/")
         if deep:
             w.add(f"multipart nesting deeper than {MAX_DEPTH} levels, rest kept as attachment")
@@ -380,7 +400,7 @@ def _walk(part: Message, body: _Body, numbers: Iterator[int], linesep: str, w: _
         content = _payload(part, n, w)
     _defects(part, n, w)
     filename = _filename(view, n, w)
-    if ctype.startswith("multipart/") and not isinstance(children, list):
+    if ctype.startswith("multipart/") and children is None:
         ctype = "text/plain"  # no boundary or unparsed structure: show the body rather than hide it
     is_body = (ctype in ("text/plain", "text/html") and not filename
                and view.get_content_disposition() != "attachment")
@@ -417,7 +437,7 @@ class _HTMLText(HTMLParser):
         self.pre += tag == "pre"
         if tag in self.BREAK:
             self.out.append("\n- " if tag == "li" else "\n")
-        elif tag in ("td", "th"):
+        elif tag in ("td", "th") and self.out and not self.out[-1][-1].isspace():
             self.out.append(" ")
 
     def handle_endtag(self, tag: str) -> None:
@@ -425,21 +445,30 @@ class _HTMLText(HTMLParser):
             self.hidden -= 1
         if tag == "pre" and self.pre:
             self.pre -= 1
-        if tag in self.BREAK and tag != "li":
+        if tag in self.BREAK and tag not in ("li", "br"):  # <br/> arrives as start and end
             self.out.append("\n\n" if tag in ("p", "h1", "h2", "h3", "table", "blockquote") else "\n")
 
     def handle_data(self, data: str) -> None:
-        if not self.hidden:
-            self.out.append(data if self.pre else re.sub(r"\s+", " ", data))
+        if self.hidden:
+            return
+        if not self.pre:  # source whitespace is layout: collapse it, and drop it at a line start
+            data = re.sub(r"\s+", " ", data)
+            if not self.out or self.out[-1][-1].isspace():
+                data = data.lstrip()
+        if data:
+            self.out.append(data)
 
 
-def _html_to_text(markup: str) -> str:
+def _html_to_text(markup: str, w: _Warnings) -> str:
     """Readable plain text of an HTML body: tags dropped, entities unescaped, blocks on their own lines."""
     parser = _HTMLText()
-    parser.feed(markup)
-    parser.close()
-    lines = [line.strip() for line in "".join(parser.out).split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    try:
+        parser.feed(markup)
+        parser.close()
+    except Exception as exc:  # HTMLParser is lenient; guard it anyway, keeping what it collected
+        w.add(f"HTML body could not be fully rendered as text ({type(exc).__name__})")
+    lines = [line.rstrip() for line in "".join(parser.out).split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
 
 
 # --- assembly -------------------------------------------------------------------------------------
@@ -453,57 +482,57 @@ def _structure(raw: bytes, w: _Warnings) -> Message:
         return BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
 
 
+def _sender(froms: list[str], w: _Warnings) -> tuple[str, str]:
+    """(display name, addr-spec) from the first From header."""
+    if len(froms) > 1:
+        w.add(f"{len(froms)} From headers, used the first")
+    senders = _addresses(froms[:1], "From", w)
+    if senders:
+        return senders[0]
+    if not froms:
+        w.add("missing From header")
+        return "", ""
+    w.add(f"no address in From header {_short(froms[0])}")
+    return _clean(_decode_words(froms[0], "header From", w).strip(), "header From", w), ""  # "Mailer Daemon"
+
+
+def _references(values: dict[str, list[str]], w: _Warnings) -> tuple[str | None, list[str], list[str]]:
+    """Message-ID, In-Reply-To ids and References ids."""
+    def ids(name: str) -> list[str]:
+        return [_clean(i, name, w) for value in values.get(name, []) for i in _message_ids(value)]
+    own = ids("message-id")
+    if not own:
+        w.add("missing Message-ID header")
+    return (own[0] if own else None), ids("in-reply-to"), ids("references")
+
+
 def _parse(raw: bytes, w: _Warnings) -> ParsedMessage:
     msg = _structure(raw, w)
     unfolded = [(name, _unfold(value, name, w)) for name, value in msg.raw_items()]
     headers = [(name, _clean(_decode_words(value, f"header {name}", w), f"header {name}", w))
                for name, value in unfolded]
-
-    def values(name: str) -> list[str]:
-        return [value for key, value in unfolded if key.lower() == name]
-
-    result = ParsedMessage(headers=headers, warnings=w)
-    froms = values("from")
-    if len(froms) > 1:
-        w.add(f"{len(froms)} From headers, used the first")
-    senders = _addresses(froms[:1], "From", w)
-    if senders:
-        result.from_name, result.from_addr = senders[0]
-    elif froms:  # keep what the sender wrote, e.g. "Mailer Daemon"
-        result.from_name = _clean(_decode_words(froms[0], "header From", w).strip(), "header From", w)
-        w.add(f"no address in From header {_short(froms[0])}")
-    else:
-        w.add("missing From header")
-    result.reply_to = next((a for _, a in _addresses(values("reply-to"), "Reply-To", w)), "")
-    result.to_names = _addresses(values("to"), "To", w)
-    result.cc_names = _addresses(values("cc"), "Cc", w)
-    result.to = [a for _, a in result.to_names]
-    result.cc = [a for _, a in result.cc_names]
-    subjects = [value for key, value in headers if key.lower() == "subject"]
-    result.subject = subjects[0].strip() if subjects else ""
-    dates = values("date")
-    result.date = _date(dates[0], w) if dates else None
+    values: dict[str, list[str]] = {}  # lowercased name -> unfolded values; RFC 2047 words still encoded
+    for name, value in unfolded:
+        values.setdefault(name.strip().lower(), []).append(value)
+    subject = next((value for name, value in headers if name.strip().lower() == "subject"), "")
+    dates = values.get("date")
     if not dates:
         w.add("missing Date header")
-    ids = _message_ids(values("message-id")[0]) if values("message-id") else []
-    result.message_id = _clean(ids[0], "Message-ID", w) if ids else None
-    if result.message_id is None:
-        w.add("missing Message-ID header")
-    result.in_reply_to = [_clean(i, "In-Reply-To", w) for v in values("in-reply-to") for i in _message_ids(v)]
-    result.references = [_clean(i, "References", w) for v in values("references") for i in _message_ids(v)]
-
+    from_name, from_addr = _sender(values.get("from", []), w)
+    message_id, in_reply_to, references = _references(values, w)
+    to_names = _addresses(values.get("to", []), "To", w)
+    cc_names = _addresses(values.get("cc", []), "Cc", w)
+    reply_to = _addresses(values.get("reply-to", []), "Reply-To", w)
     body = _Body()
-    linesep = "\r\n" if b"\r\n" in raw[:8192] else "\n"
-    _walk(msg, body, itertools.count(1), linesep, w)
-    result.attachments = body.attachments
-    result.html = body.html or ""
-    result.text = body.text or ""
-    if body.text is None and body.html:
-        try:
-            result.text = _html_to_text(body.html)
-        except Exception as exc:  # HTMLParser is lenient, but guard the rendering anyway
-            w.add(f"HTML body could not be rendered as text ({type(exc).__name__})")
-    return result
+    _walk(msg, body, itertools.count(1), "\r\n" if b"\r\n" in raw[:8192] else "\n", w)
+    return ParsedMessage(
+        message_id=message_id, in_reply_to=in_reply_to, references=references,
+        from_addr=from_addr, from_name=from_name, reply_to=reply_to[0][1] if reply_to else "",
+        to=[addr for _, addr in to_names], cc=[addr for _, addr in cc_names],
+        to_names=to_names, cc_names=cc_names, subject=subject.strip(),
+        date=_date(dates[0], w) if dates else None,
+        text=body.text if body.text is not None else _html_to_text(body.html or "", w),
+        html=body.html or "", attachments=body.attachments, headers=headers)
 
 
 def parse_message(raw: bytes) -> ParsedMessage:

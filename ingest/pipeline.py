@@ -149,11 +149,13 @@ class Pipeline:
         try:
             with session.begin_nested():
                 seen = store.messages_by_key(session, keys)
+                store.prefetch_customers(session, {chain.sender_address(j.parsed, j.delivery.sender) for j in jobs})
                 stored = [self._process(session, job, key, seen) for job, key in zip(jobs, keys)]
                 session.flush()
             return [outcome(m, reason) for m, reason in stored]
         except Exception:
             log.info("a message of a group of %d failed; storing them one by one", len(jobs))
+            store.forget_customers(session)
         return [self._process_one(session, job, key) for job, key in zip(jobs, keys)]
 
     def _process_one(self, session, job: _Job, key: str) -> Outcome | Exception:

@@ -18,6 +18,7 @@ def act(ctx: Context, message: Message, decision: Decision) -> None:
     verdict = ctx.verdict
     if decision.action == "create":
         if ctx.customer.id is None:
+            store.remember_customer(session, ctx.customer)
             ctx.note("customer", f"customer {ctx.customer.email} added ({ctx.customer.added_by})")
         message.ticket = Ticket(
             subject=ctx.parsed.subject or "(no subject)",

@@ -92,10 +92,31 @@ def ticket(session, number: int) -> Ticket | None:
     return session.get(Ticket, number)
 
 
+def prefetch_customers(session, emails: set[str]) -> None:
+    """Look up a group's senders in one query; `customer_by_email` then answers from memory.
+
+    Without this, each message's lookup would flush the previous message's rows on its own, and the
+    group could not be written in one batch of inserts."""
+    found = {c.email: c for c in session.scalars(select(Customer).where(Customer.email.in_(emails)))}
+    session.info["customers"] = {e: found.get(e) for e in emails}
+
+
+def remember_customer(session, customer: Customer) -> None:
+    session.info.get("customers", {})[customer.email] = customer
+
+
+def forget_customers(session) -> None:
+    session.info.pop("customers", None)
+
+
 def customer_by_email(session, email: str) -> Customer | None:
     if not email:
         return None
-    return session.scalar(select(Customer).where(Customer.email == email.lower()))
+    email = email.lower()
+    cache = session.info.get("customers", {})
+    if email in cache:
+        return cache[email]
+    return session.scalar(select(Customer).where(Customer.email == email))
 
 
 def was_on_ticket(session, ticket: Ticket, address: str) -> bool:
