@@ -114,6 +114,8 @@ async def load(port: int, body: bytes, count: int, sessions: int, seq: str) -> t
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=3000, help="messages per 4 KB run (100 KB runs: half)")
+    ap.add_argument("--sizes", default="4,100", help="which messages: 4 (KB), 100 (KB) or both")
+    ap.add_argument("--sessions", default="1,20", help="concurrent LMTP sessions, comma-separated")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ticketmail-bench-"))
     env = dict(os.environ, TICKETMAIL_DATABASE_URL=f"sqlite+aiosqlite:///{work}/bench.db",
@@ -131,8 +133,9 @@ def main() -> None:
         wait_for(null_port, null)
         wait_for(tm_port, server)
         print(f"{'message':>8} {'sessions':>8} {'server':>10} {'msgs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6}")
-        for label, body, count in (("4 KB", message_4k(), args.count), ("100 KB", message_100k(), args.count // 2)):
-            for sessions in (1, 20):
+        loads = {"4": ("4 KB", message_4k(), args.count), "100": ("100 KB", message_100k(), args.count // 2)}
+        for label, body, count in (loads[size] for size in args.sizes.split(",")):
+            for sessions in map(int, args.sessions.split(",")):
                 n = count if sessions > 1 else max(count // 5, 100)
                 base = asyncio.run(load(null_port, body, n, sessions, f"null{label}{sessions}"))
                 ours = asyncio.run(load(tm_port, body, n, sessions, f"tm{label}{sessions}"))
