@@ -202,3 +202,30 @@ async def test_purge_drops_old_held_mail_but_keeps_the_record(cli, db, lmtp):
     async with db.session() as s:
         m = await s.scalar(select(Message))
     assert (m.status, m.raw) == ("purged", b"")
+
+
+async def test_same_delivery_racing_in_two_processes_is_stored_once(cli, db):
+    """Two ticketmail processes (two pipelines, two engines) get the same message at the same time."""
+    import asyncio
+
+    from ingest.pipeline import Delivery, Pipeline
+    from storage.database import Database
+
+    await helpdesk(cli)
+    other = Database(db.url)
+    first, second = Pipeline(db), Pipeline(other)
+    await first.start()
+    await second.start()
+    try:
+        raws = [message(subject=f"race {n}") for n in range(30)]
+        outcomes = await asyncio.gather(*(
+            p.deliver(Delivery(raw, ALICE, SUPPORT)) for raw in raws for p in (first, second)))
+    finally:
+        await first.stop()
+        await second.stop()
+        await other.dispose()
+    assert all(o.status == "ticket" for o in outcomes)
+    # Each pair of racing deliveries answered with the same ticket; one of each was a duplicate.
+    assert [a.ticket == b.ticket for a, b in zip(outcomes[::2], outcomes[1::2])] == [True] * 30
+    assert sum(o.duplicate for o in outcomes) == 30
+    assert len(await as_json(cli, "tickets", "list")) == 30

@@ -20,6 +20,7 @@ log = logging.getLogger("ticketmail")
 async def serve(config: Config) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     db = Database(config.database_url)
     try:
         await db.check_schema()
