@@ -55,7 +55,7 @@ class Outcome:
 class _Job:
     delivery: Delivery
     parsed: ParsedMessage
-    future: concurrent.futures.Future
+    future: asyncio.Future  # of the caller's loop
 
 
 class Pipeline:
@@ -65,9 +65,11 @@ class Pipeline:
         self.directory = directory.Directory()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the writer's
+        self._callers: asyncio.AbstractEventLoop | None = None  # the loop that started us and calls deliver()
         self._queue: asyncio.Queue[_Job | None] | None = None
 
     async def start(self) -> None:
+        self._callers = asyncio.get_running_loop()
         self.directory = await self.db.run(directory.load)
         ready: concurrent.futures.Future = concurrent.futures.Future()
         self._thread = threading.Thread(
@@ -95,9 +97,9 @@ class Pipeline:
         """Store and process one delivery; returns once committed. Raises if it could not be stored."""
         if parsed is None:
             parsed = parse_message(delivery.raw)
-        job = _Job(delivery, parsed, concurrent.futures.Future())
+        job = _Job(delivery, parsed, asyncio.get_running_loop().create_future())
         self._loop.call_soon_threadsafe(self._queue.put_nowait, job)
-        return await asyncio.wrap_future(job.future)
+        return await job.future
 
     # --- the writer thread ---
 
@@ -133,14 +135,8 @@ class Pipeline:
         except Exception as e:  # the commit itself failed: nothing of this group is stored
             log.exception("commit of %d messages failed", len(jobs))
             results = [e] * len(jobs)
-        for job, result in zip(jobs, results):
-            try:
-                if isinstance(result, BaseException):
-                    job.future.set_exception(result)
-                else:
-                    job.future.set_result(result)
-            except concurrent.futures.InvalidStateError:
-                pass  # the caller went away (connection lost); the MTA will retry and find it stored
+        # One wake-up of the callers' loop per group, not one per message.
+        self._callers.call_soon_threadsafe(_answer, jobs, results)
 
     def _process_all(self, session, jobs: list[_Job]) -> list[Outcome | Exception]:
         """The whole group in one savepoint; if anything in it fails, again one message at a time."""
@@ -198,6 +194,16 @@ class Pipeline:
         decision = chain.decide(ctx)
         tickets.act(ctx, message, decision)
         return message, decision.reason
+
+
+def _answer(jobs: list[_Job], results: list[Outcome | Exception]) -> None:
+    for job, result in zip(jobs, results):
+        if job.future.done():
+            continue  # the caller went away (connection lost); the MTA will retry and find it stored
+        if isinstance(result, BaseException):
+            job.future.set_exception(result)
+        else:
+            job.future.set_result(result)
 
 
 def outcome(message: Message, reason: str) -> Outcome:
