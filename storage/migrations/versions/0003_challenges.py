@@ -1,14 +1,14 @@
-"""Challenge-response: challenges, outgoing mail
+"""Challenge-response: challenges and outgoing mail
 
 Revision ID: 0003
-Revises: 
+Revises: 0002
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = '0003'
-down_revision = ''
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 

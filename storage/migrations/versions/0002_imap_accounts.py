@@ -1,4 +1,4 @@
-"""imap accounts
+"""IMAP accounts and their sync state
 
 Revision ID: 0002
 Revises: 0001
