@@ -160,3 +160,49 @@ async def test_shutdown_finishes_delivery_in_progress(cli, db, pipeline, lmtp):
     [(code, _)] = await sending
     assert code == 250
     assert len(await tickets(cli)) == 1
+
+
+async def test_dot_lines_and_long_lines_arrive_byte_exact(cli, db, lmtp):
+    """Lines that start with a dot are dot-stuffed on the wire and must come out as written."""
+    await setup_helpdesk(cli)
+    body = ".\n..\n.hidden\nline ending with a dot.\n.\r\nx" + "y" * 5000 + "\n\n."
+    raw = message(body=body)
+    [(code, _)] = await deliver(lmtp.port, ALICE, SUPPORT, raw)
+    assert code == 250
+    async with db.session() as s:
+        assert (await s.scalar(select(Message))).raw == raw
+
+
+async def test_empty_message_is_stored_not_lost(cli, db, lmtp):
+    await setup_helpdesk(cli, policy="hold")
+    # smtplib sends b"" as a single empty line, the same bytes as b"\r\n": one message.
+    for raw in (b"", b"\r\n", b"Subject: only a header\r\n"):
+        [(code, _)] = await deliver(lmtp.port, ALICE, SUPPORT, raw)
+        assert code == 250
+    async with db.session() as s:
+        assert sorted(m.raw for m in await s.scalars(select(Message))) == [b"\r\n", b"Subject: only a header\r\n"]
+
+
+async def test_raw_session_empty_data_and_pipelined_quit(cli, lmtp):
+    """A bare "." right after 354, with QUIT in the same packet: the reader must stop at the dot."""
+    import asyncio
+
+    await setup_helpdesk(cli, policy="hold")
+    reader, writer = await asyncio.open_connection("127.0.0.1", lmtp.port)
+    replies = []
+
+    async def reply() -> bytes:
+        while (line := await reader.readline())[3:4] == b"-":
+            pass
+        replies.append(line[:3])
+        return line
+
+    await reply()
+    writer.write(f"LHLO test\r\nMAIL FROM:<{ALICE}>\r\nRCPT TO:<{SUPPORT}>\r\nDATA\r\n".encode())
+    for _ in range(4):
+        await reply()
+    writer.write(b".\r\nQUIT\r\n")
+    await reply()
+    await reply()
+    writer.close()
+    assert replies == [b"220", b"250", b"250", b"250", b"354", b"250", b"221"]
