@@ -18,7 +18,6 @@ log = logging.getLogger("ticketmail")
 
 
 async def serve(config: Config) -> int:
-    import sys; sys.setswitchinterval(0.0005)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
     logging.getLogger("alembic").setLevel(logging.WARNING)
