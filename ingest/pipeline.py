@@ -106,8 +106,12 @@ class Pipeline:
     async def _writer_main(self, ready: concurrent.futures.Future) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue()
-        wdb = Database(self.db.url)
-        sync_sessions = wdb.sync_sqlite_sessions() if wdb.is_sqlite else None
+        try:
+            wdb = Database(self.db.url)
+            sync_sessions = wdb.sync_sqlite_sessions() if wdb.is_sqlite else None
+        except Exception as e:
+            ready.set_exception(e)
+            return
         ready.set_result(None)
         try:
             while True:
