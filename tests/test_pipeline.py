@@ -229,3 +229,16 @@ async def test_same_delivery_racing_in_two_processes_is_stored_once(cli, db):
     assert [a.ticket == b.ticket for a, b in zip(outcomes[::2], outcomes[1::2])] == [True] * 30
     assert sum(o.duplicate for o in outcomes) == 30
     assert len(await as_json(cli, "tickets", "list")) == 30
+
+
+async def test_ticket_json_has_the_documented_fields_with_utc_times(cli, lmtp):
+    await helpdesk(cli)
+    await deliver(lmtp.port, ALICE, SUPPORT, message())
+    [listed] = await as_json(cli, "tickets", "list")
+    assert {"number", "subject", "status", "department", "customer", "messages", "created_at", "updated_at"} <= set(listed)
+    shown = await as_json(cli, "tickets", "show", "1")
+    [m] = shown["messages"]
+    assert {"message_id", "from", "to", "subject", "date", "text", "attachments", "events"} <= set(m)
+    assert m["date"] == "2026-11-28T10:00:00+00:00"
+    assert all(e["at"].endswith("+00:00") for e in m["events"])
+    assert m["text"] == "Hello,\nthe printer is on fire.\n"

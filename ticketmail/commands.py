@@ -6,7 +6,7 @@ of a session; output is printed after the commit.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from sqlalchemy import select
@@ -16,6 +16,13 @@ from ingest.rules import RuleError, parse_rules, rule_to_data, rules_from_data, 
 from storage import store
 from storage.models import Customer, Department, DepartmentAddress, utcnow
 from ticketmail.cli import CommandError, emit
+
+
+def _iso(at: datetime | None) -> str | None:
+    """ISO 8601 in UTC; SQLite hands timestamps back without their zone."""
+    if at is None:
+        return None
+    return (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).isoformat()
 
 
 def _address(text: str) -> str:
@@ -67,7 +74,7 @@ async def customer_add(db, config, args):
 async def customer_list(db, config, args):
     def collect(s):
         return [{"email": c.email, "name": c.name, "verified": c.verified, "added_by": c.added_by,
-                 "created_at": c.created_at.isoformat()} for c in s.scalars(select(Customer).order_by(Customer.email))]
+                 "created_at": _iso(c.created_at)} for c in s.scalars(select(Customer).order_by(Customer.email))]
 
     data = await db.run(collect)
     emit(data, args.json, [f"{c['email']}\t{c['name']}\t{'verified' if c['verified'] else 'unverified'}"
@@ -122,7 +129,7 @@ async def rules_list(db, config, args):
 def _ticket_data(ticket, department, customer, count) -> dict:
     return {"number": ticket.id, "subject": ticket.subject, "status": ticket.status, "department": department,
             "customer": customer, "priority": ticket.priority, "tags": ticket.tags, "messages": count,
-            "created_at": ticket.created_at.isoformat(), "updated_at": ticket.updated_at.isoformat()}
+            "created_at": _iso(ticket.created_at), "updated_at": _iso(ticket.updated_at)}
 
 
 async def tickets_list(db, config, args):
@@ -133,10 +140,10 @@ async def tickets_list(db, config, args):
 
 def _message_data(m) -> dict:
     return {"id": m.id, "message_id": m.message_id, "from": m.from_addr, "to": m.to_addrs, "cc": m.cc_addrs,
-            "subject": m.subject, "date": m.date.isoformat() if m.date else None, "status": m.status,
+            "subject": m.subject, "date": _iso(m.date), "status": m.status,
             "text": m.text, "attachments": [{"filename": a.filename, "content_type": a.content_type,
                                              "size": a.size} for a in m.attachments],
-            "events": [{"at": e.at.isoformat(), "kind": e.kind, "detail": e.detail} for e in m.events]}
+            "events": [{"at": _iso(e.at), "kind": e.kind, "detail": e.detail} for e in m.events]}
 
 
 async def tickets_show(db, config, args):
@@ -160,7 +167,7 @@ async def tickets_show(db, config, args):
 async def held_list(db, config, args):
     def collect(s):
         return [{"id": m.id, "from": m.from_addr or m.envelope_sender, "to": m.envelope_recipient,
-                 "subject": m.subject, "received_at": m.received_at.isoformat(),
+                 "subject": m.subject, "received_at": _iso(m.received_at),
                  "reason": m.events[-1].detail if m.events else ""} for m in store.held_messages(s)]
 
     data = await db.run(collect)
