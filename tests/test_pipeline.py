@@ -123,6 +123,9 @@ actions = [{ action = "delete" }]
 ''')
     code, out, err = await cli("rules", "import", str(rules))
     assert code == 0, err
+    code, exported, _ = await cli("rules", "export")
+    assert 'name = "drop-tagged-spam"' in exported and 'department = "Support"' in exported
+    assert [r["name"] for r in await as_json(cli, "rules", "list")] == ["support-by-address", "drop-tagged-spam"]
     # Delivered to Sales but addressed To support: the rule assigns it to Support.
     await deliver(lmtp.port, ALICE, SALES, message(to=f"Support <{SUPPORT}>"))
     [(code, _)] = await deliver(lmtp.port, ALICE, SUPPORT, message(subject="[Spam] cheap pills"))
