@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ingest import threading
+from ingest import challenges, threading
 from ingest.directory import DepartmentInfo, Directory
 from ingest.parse import ParsedMessage
 from ingest.rules import Facts, Verdict
@@ -39,6 +39,8 @@ class Context:
     ticket: Ticket | None = None  # the ticket this message follows up
     customer: Customer | None = None
     events: list[tuple[str, str]] = field(default_factory=list)
+    settings: challenges.ChallengeSettings | None = None  # [challenge]; None: the defaults
+    challenge: challenges.Plan | None = None  # for a held message: carried out by tickets.act
 
     @property
     def sender_address(self) -> str:
@@ -170,14 +172,23 @@ def unknown_sender_policy(ctx: Context) -> Decision | None:
     address = ctx.sender_address
     policy = ctx.department.unknown_sender if ctx.department else "hold"
     where = ctx.department.name if ctx.department else "no department"
+    if challenges.blocked(ctx):
+        return Decision("delete", f"sender {address} is blocked (held discard --block); the raw message is "
+                                  "kept until `held purge`")
     if policy == "accept":
         ctx.customer = Customer(email=address, name=ctx.parsed.from_name, verified=False, added_by="accepted")
         return Decision("create", f"unknown sender {address} accepted ({where} accepts unknown senders)")
     if policy == "reject":
         return Decision("reject", f"unknown sender {address} rejected ({where} accepts only known customers)")
     if policy == "challenge":
-        return Decision("hold", f"unknown sender {address} held: {where} challenges unknown senders")
+        return challenge_or_hold(ctx)
     return Decision("hold", f"unknown sender {address} held for review ({where} holds unknown senders)")
+
+
+def challenge_or_hold(ctx: Context) -> Decision:
+    """Hold, and challenge the sender only when that is safe (the checks: ingest/challenges.py)."""
+    ctx.challenge = challenges.plan(ctx)
+    return Decision("hold", ctx.challenge.reason)
 
 
 # The order of decisions, top to bottom.

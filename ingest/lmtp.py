@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import multiprocessing
 import weakref
 
 from aiosmtpd.lmtp import LMTP
@@ -16,7 +14,9 @@ from ingest.pipeline import Delivery, Outcome, Pipeline
 
 log = logging.getLogger(__name__)
 
-PARSE_IN_PROCESS_BYTES = 64 * 1024
+# Larger messages are parsed by the pipeline's writer process, which has the raw bytes anyway:
+# measured in bench/, parsing them here costs the event loop more than sending the result over.
+PARSE_HERE_BYTES = 64 * 1024
 TEMPFAIL = "451 4.3.0 <{rcpt}> temporary storage failure, please retry"
 
 
@@ -93,7 +93,6 @@ class _Server(LMTP):
 class Handler:
     def __init__(self, pipeline: Pipeline):
         self.pipeline = pipeline
-        self.parser: concurrent.futures.ProcessPoolExecutor | None = None
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -122,20 +121,9 @@ class Handler:
             if not self.in_flight:
                 self.idle.set()
 
-    async def _parse(self, raw: bytes):
-        """Parse large messages in the parser process, small ones here (measured in bench/: below
-        ~64 KB the round trip costs the event loop more than the parse it saves)."""
-        if self.parser is not None and len(raw) > PARSE_IN_PROCESS_BYTES:
-            try:
-                return await asyncio.get_running_loop().run_in_executor(self.parser, parse_message, raw)
-            except concurrent.futures.process.BrokenProcessPool:
-                log.error("the parser process died; parsing in the main process from now on")
-                self.parser = None
-        return parse_message(raw)
-
     async def _deliver(self, envelope) -> list[str]:
         raw = envelope.original_content
-        parsed = await self._parse(raw)
+        parsed = parse_message(raw) if len(raw) <= PARSE_HERE_BYTES else None
         sender = "" if envelope.mail_from in ("<>", "") else envelope.mail_from
         # One delivery per department; recipients of the same department share its outcome.
         groups: dict[int, list[str]] = {}
@@ -181,8 +169,6 @@ class LMTPListener:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        # forkserver: never fork this process, which runs the writer's thread.
-        self.handler.parser = concurrent.futures.ProcessPoolExecutor(1, multiprocessing.get_context("forkserver"))
         if self.socket:
             self._server = await loop.create_unix_server(self._protocol, path=self.socket)
         else:
@@ -203,5 +189,4 @@ class LMTPListener:
                 proto.transport.close()
         await self._server.wait_closed()
         self._server = None
-        if self.handler.parser:
-            self.handler.parser.shutdown(cancel_futures=True)
+

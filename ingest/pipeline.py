@@ -1,35 +1,30 @@
 """The one entry both LMTP and the IMAP bridge call: record raw -> parse -> decide -> act.
 
-Deliveries are written by a single writer that commits them in groups: each caller waits until
-the commit that covers its message, so "delivered" always means "on disk", while many messages
-share one fsync. Each message runs in its own savepoint, so one failing message fails alone.
-
-The writer owns a thread. On SQLite it writes through the blocking sqlite3 driver there, so its
-many small statements are not each a round trip through aiosqlite and the busy main loop
-(measured: several times the throughput, see bench/); on PostgreSQL it runs asyncpg on an event
-loop of its own. Either way the decisions are the same synchronous code (chain.py, tickets.py).
+Deliveries are written by one writer that commits them in groups: each caller waits until the
+commit that covers its message, so "delivered" always means "on disk", while many messages share
+one fsync. The writer is a child process (ingest/writer.py) fed over a pipe: its database work runs
+on the second core instead of taking turns with the LMTP sessions for this interpreter's lock
+(measured in bench/: see README, Performance).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
+import itertools
 import logging
-import threading
+import pickle
+import struct
+import sys
 from dataclasses import dataclass
 
-from sqlalchemy.exc import IntegrityError
-
-from ingest import chain, directory, tickets
-from ingest.parse import ParsedMessage, parse_message
+from ingest import directory
+from ingest.parse import ParsedMessage
 from storage import store
 from storage.database import Database
 from storage.models import Attachment, Message
 
 log = logging.getLogger(__name__)
-
-MAX_BATCH = 200
 
 
 @dataclass(frozen=True)
@@ -51,39 +46,57 @@ class Outcome:
     duplicate: bool = False
 
 
-@dataclass
-class _Job:
-    delivery: Delivery
-    parsed: ParsedMessage
-    future: asyncio.Future  # of the caller's loop
+# The pipe between the pipeline and its writer process: length-prefixed pickles.
+LENGTH = struct.Struct("!I")
+
+
+def frame(obj) -> bytes:
+    data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    return LENGTH.pack(len(data)) + data
+
+
+async def read_frame(reader: asyncio.StreamReader):
+    (length,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
+    return pickle.loads(await reader.readexactly(length))
+
+
+class StorageError(RuntimeError):
+    """The writer could not store a delivery (the LMTP answer is 451: the MTA retries)."""
 
 
 class Pipeline:
-    def __init__(self, db: Database, ticket_prefix: str = "Ticket"):
-        self.db = db  # the caller's, for reads on the caller's loop
+    def __init__(self, db: Database, ticket_prefix: str = "Ticket", challenge=None):
+        self.db = db  # for reads on the caller's loop
         self.ticket_prefix = ticket_prefix
+        self.challenge = challenge  # ingest.challenges.ChallengeSettings; None: the defaults
         self.directory = directory.Directory()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # the writer's
-        self._callers: asyncio.AbstractEventLoop | None = None  # the loop that started us and calls deliver()
-        self._queue: asyncio.Queue[_Job | None] | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._answers: asyncio.Task | None = None
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._ids = itertools.count(1)
+        self.failed = asyncio.Event()  # the writer process died: nothing can be stored any more
+        self._stopping = False
 
     async def start(self) -> None:
-        self._callers = asyncio.get_running_loop()
         self.directory = await self.db.run(directory.load)
-        ready: concurrent.futures.Future = concurrent.futures.Future()
-        self._thread = threading.Thread(
-            target=asyncio.run, args=(self._writer_main(ready),), name="pipeline-writer", daemon=True
+        # The database URL may hold a password: it goes over the pipe, not on the command line.
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ingest.writer", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
-        self._thread.start()
-        await asyncio.wrap_future(ready)
+        self._proc.stdin.write(frame((self.db.url, self.ticket_prefix, self.challenge)))
+        hello = await read_frame(self._proc.stdout)
+        if hello != "ready":
+            raise StorageError(f"the writer process could not start: {hello}")
+        self._answers = asyncio.create_task(self._read_answers(), name="pipeline-answers")
 
     async def stop(self) -> None:
-        """Commit what is queued, then stop the writer and close its engine."""
-        if self._thread:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+        """Let the writer commit what it was given, then wait for it to exit."""
+        if self._proc:
+            self._stopping = True
+            self._proc.stdin.close()
+            await self._proc.wait()
+            await self._answers
+            self._proc = None
 
     async def department_for(self, address: str) -> directory.DepartmentInfo | None:
         """The department owning an envelope recipient, re-reading the directory on a miss."""
@@ -94,120 +107,37 @@ class Pipeline:
         return found
 
     async def deliver(self, delivery: Delivery, parsed: ParsedMessage | None = None) -> Outcome:
-        """Store and process one delivery; returns once committed. Raises if it could not be stored."""
-        if parsed is None:
-            parsed = parse_message(delivery.raw)
-        job = _Job(delivery, parsed, asyncio.get_running_loop().create_future())
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, job)
-        return await job.future
+        """Store and process one delivery; returns once committed. Raises if it could not be stored.
 
-    # --- the writer thread ---
+        Without `parsed`, the writer process parses the message."""
+        if self.failed.is_set():
+            raise StorageError("the writer process is not running")
+        job_id = next(self._ids)
+        answer = self._waiting[job_id] = asyncio.get_running_loop().create_future()
+        self._proc.stdin.write(frame((job_id, delivery, parsed)))
+        await self._proc.stdin.drain()
+        return await answer
 
-    async def _writer_main(self, ready: concurrent.futures.Future) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._queue = asyncio.Queue()
-        try:
-            wdb = Database(self.db.url)
-            sync_sessions = wdb.sync_sqlite_sessions() if wdb.is_sqlite else None
-        except Exception as e:
-            ready.set_exception(e)
-            return
-        ready.set_result(None)
+    async def _read_answers(self) -> None:
         try:
             while True:
-                jobs = [await self._queue.get()]
-                while len(jobs) < MAX_BATCH and not self._queue.empty():
-                    jobs.append(self._queue.get_nowait())
-                stopping = None in jobs
-                jobs = [j for j in jobs if j is not None]
-                if jobs:
-                    await self._commit(wdb, sync_sessions, jobs)
-                if stopping and self._queue.empty():
-                    return
+                for job_id, result in await read_frame(self._proc.stdout):
+                    answer = self._waiting.pop(job_id)
+                    if answer.done():
+                        continue  # the caller went away (connection lost); the MTA retries and finds it stored
+                    if isinstance(result, Outcome):
+                        answer.set_result(result)
+                    else:
+                        answer.set_exception(StorageError(result))
+        except asyncio.IncompleteReadError:  # the writer exited
+            if not self._stopping:
+                log.critical("the pipeline's writer process died (exit code %s)", await self._proc.wait())
+                self.failed.set()
         finally:
-            if sync_sessions:
-                sync_sessions.kw["bind"].dispose()
-            await wdb.dispose()
-
-    async def _commit(self, wdb: Database, sync_sessions, jobs: list[_Job]) -> None:
-        try:
-            if sync_sessions:
-                with sync_sessions() as session, session.begin():
-                    results = self._process_all(session, jobs)
-            else:
-                results = await wdb.run(self._process_all, jobs, write=True)
-        except Exception as e:  # the commit itself failed: nothing of this group is stored
-            log.exception("commit of %d messages failed", len(jobs))
-            results = [e] * len(jobs)
-        # One wake-up of the callers' loop per group, not one per message.
-        self._callers.call_soon_threadsafe(_answer, jobs, results)
-
-    def _process_all(self, session, jobs: list[_Job]) -> list[Outcome | Exception]:
-        """The whole group in one savepoint; if anything in it fails, again one message at a time."""
-        self.directory = directory.refresh(session, self.directory)
-        keys = [dedup_key(job.delivery, self.directory) for job in jobs]
-        try:
-            with session.begin_nested():
-                seen = store.messages_by_key(session, keys)
-                store.prefetch_customers(session, {chain.sender_address(j.parsed, j.delivery.sender) for j in jobs})
-                stored = [self._process(session, job, key, seen) for job, key in zip(jobs, keys)]
-                session.flush()
-            return [outcome(m, reason) for m, reason in stored]
-        except Exception:
-            log.info("a message of a group of %d failed; storing them one by one", len(jobs))
-            store.forget_customers(session)
-        return [self._process_one(session, job, key) for job, key in zip(jobs, keys)]
-
-    def _process_one(self, session, job: _Job, key: str) -> Outcome | Exception:
-        try:
-            with session.begin_nested():
-                message, reason = self._process(session, job, key, store.messages_by_key(session, [key]))
-                session.flush()
-            return outcome(message, reason)
-        except IntegrityError:
-            # Another process committed the same delivery first: answer as it did.
-            existing = store.messages_by_key(session, [key]).get(key)
-            if existing:
-                return outcome(existing, "already delivered")
-            log.exception("storing message from %s failed", job.delivery.sender)
-            return RuntimeError("integrity error")
-        except Exception as e:
-            log.exception("storing message from %s to %s failed", job.delivery.sender, job.delivery.recipient)
-            return e
-
-    def _process(self, session, job: _Job, key: str, seen: dict[str, Message]) -> tuple[Message, str]:
-        """Record, decide and act on one delivery; returns the stored message and the reason."""
-        if key in seen:
-            return seen[key], "already delivered"
-        d, parsed = job.delivery, job.parsed
-        message = seen[key] = record(d, parsed, key)
-        session.add(message)
-        ctx = chain.Context(
-            session=session,
-            directory=self.directory,
-            parsed=parsed,
-            sender=d.sender,
-            recipient=d.recipient,
-            source=d.source,
-            account=d.account,
-            ticket_prefix=self.ticket_prefix,
-            department=self.directory.department(d.department) or self.directory.department_for(d.recipient),
-        )
-        for warning in parsed.warnings:
-            ctx.note("parse-warning", warning)
-        decision = chain.decide(ctx)
-        tickets.act(ctx, message, decision)
-        return message, decision.reason
-
-
-def _answer(jobs: list[_Job], results: list[Outcome | Exception]) -> None:
-    for job, result in zip(jobs, results):
-        if job.future.done():
-            continue  # the caller went away (connection lost); the MTA will retry and find it stored
-        if isinstance(result, BaseException):
-            job.future.set_exception(result)
-        else:
-            job.future.set_result(result)
+            for answer in self._waiting.values():
+                if not answer.done():
+                    answer.set_exception(StorageError("the writer process stopped"))
+            self._waiting.clear()
 
 
 def outcome(message: Message, reason: str) -> Outcome:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ingest import challenges
 from ingest.chain import Context, Decision
 from storage import store
 from storage.models import Message, Ticket
@@ -47,6 +48,8 @@ def act(ctx: Context, message: Message, decision: Decision) -> None:
             ctx.note("appended", decision.reason)
         store.touch(ticket)
     else:
+        if decision.action == "hold":
+            challenges.carry_out(ctx, message)  # the challenge and its mail, in this transaction
         ctx.note(decision.action if decision.action != "hold" else "held", decision.reason)
     for kind, detail in ctx.events:
         store.add_event(session, message, kind, detail)

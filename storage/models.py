@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -156,3 +157,125 @@ class Rule(Base):
 
 
 Index("ix_tickets_customer", Ticket.customer_id)
+
+
+# --- Challenge-response (issue 3): challenges, mail waiting for them, outgoing mail, blocked senders ---
+
+
+class Challenge(Base):
+    """A confirmation asked of an unknown sender. The link's token is stored only as its SHA-256."""
+
+    __tablename__ = "challenges"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    sender: Mapped[str] = mapped_column(String(320))
+    domain: Mapped[str] = mapped_column(String(255))  # the sender's, for the per-domain cap
+    department_id: Mapped[int] = mapped_column(ForeignKey("departments.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(20), default="open")  # open | confirmed | expired | closed
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # confirmed or closed
+    closed_reason: Mapped[str] = mapped_column(Text, default="")
+    tickets: Mapped[list[int]] = mapped_column(JSON, default=list)  # what the confirmation released
+    mail_id: Mapped[str] = mapped_column(String(998))  # the challenge mail's Message-ID
+
+
+# At most one open challenge per sender, even with several processes deciding at once.
+Index("uq_challenges_open_sender", Challenge.sender, unique=True,
+      sqlite_where=Challenge.state == "open", postgresql_where=Challenge.state == "open")
+Index("ix_challenges_sender_created", Challenge.sender, Challenge.created_at)
+Index("ix_challenges_domain_created", Challenge.domain, Challenge.created_at)
+Index("ix_challenges_created", Challenge.created_at)
+
+
+class ChallengeWait(Base):
+    """A held message that is released when its sender confirms a challenge."""
+
+    __tablename__ = "challenge_waits"
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    sender: Mapped[str] = mapped_column(String(320), index=True)
+    # The challenge it joined; None when a rate cap stopped the challenge (it still waits for the next one).
+    challenge_id: Mapped[int | None] = mapped_column(ForeignKey("challenges.id", ondelete="SET NULL"), index=True)
+    message: Mapped[Message] = relationship(lazy="raise")
+    challenge: Mapped[Challenge | None] = relationship(lazy="raise")
+
+
+class Outbox(Base):
+    """Mail written in the transaction that decided it, sent after the commit, retried while the relay is down."""
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    challenge_id: Mapped[int | None] = mapped_column(ForeignKey("challenges.id", ondelete="SET NULL"), index=True)
+    held_message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    mail_from: Mapped[str] = mapped_column(String(320), default="")  # "" is the null sender <>
+    rcpt_to: Mapped[str] = mapped_column(String(320))
+    mail_id: Mapped[str] = mapped_column(String(998))
+    content: Mapped[bytes] = mapped_column(LargeBinary)  # emptied once sent: it carries the token
+    state: Mapped[str] = mapped_column(String(20), default="pending")  # pending | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # not sent by then: given up
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    challenge: Mapped[Challenge | None] = relationship(lazy="raise")
+    held_message: Mapped[Message | None] = relationship(lazy="raise")
+
+
+Index("ix_outbox_due", Outbox.state, Outbox.next_attempt_at)
+
+
+class BlockedSender(Base):
+    """An address whose mail is deleted on arrival (`held discard --block`)."""
+
+    __tablename__ = "blocked_senders"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# --- IMAP bridge (issue 4): remote IMAP accounts, their sync checkpoints, and who syncs them ---
+
+
+class ImapAccount(Base):
+    """A remote mailbox the bridge pulls into the pipeline; the password is stored Fernet-encrypted."""
+
+    __tablename__ = "imap_accounts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)  # source "imap:NAME", rule scope account:NAME
+    email: Mapped[str] = mapped_column(String(320))  # the envelope recipient of what it imports
+    server: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    security: Mapped[str] = mapped_column(String(10), default="tls")  # tls | starttls | none
+    username: Mapped[str] = mapped_column(String(320))
+    password_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    folder: Mapped[str] = mapped_column(String(255), default="INBOX")
+    after_action: Mapped[str] = mapped_column(String(270), default="seen")  # seen | move:FOLDER | delete
+    # None: the department that owns `email`, as for LMTP.
+    department_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id", ondelete="SET NULL"))
+    poll_seconds: Mapped[int] = mapped_column(Integer, default=60)  # when the server has no IDLE
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    ca_file: Mapped[str] = mapped_column(Text, default="")
+    verify_tls: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Sync state. Everything with a UID at or below last_uid under this UIDVALIDITY is committed and
+    # its after-action applied. UIDs and UIDVALIDITY are unsigned 32-bit: BigInteger.
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    # After a UIDVALIDITY change, UIDs below this are the old mail seen again: also matched by Message-ID.
+    rescan_below: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_sync: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    last_error_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    backlog: Mapped[int] = mapped_column(Integer, default=0)  # messages above the checkpoint at last look
+    department: Mapped[Department | None] = relationship(lazy="raise")
+
+
+class ImapLease(Base):
+    """Which `serve` process syncs an account (PostgreSQL); taken over by another once it expires."""
+
+    __tablename__ = "imap_leases"
+    account_id: Mapped[int] = mapped_column(ForeignKey("imap_accounts.id", ondelete="CASCADE"), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -98,3 +98,31 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(cli, db, db_url, tmp
         assert await s.scalar(select(func.count(Message.id))) == len(messages)
         assert await s.scalar(select(func.count(Ticket.id))) == len(messages)
         assert await s.scalar(select(func.count(func.distinct(Message.subject)))) == len(messages)
+
+
+async def test_writer_process_killed_means_451_and_serve_exits_for_a_restart(cli, db_url, tmp_path):
+    await cli("department", "add", "Support", "--address", SUPPORT)
+    await cli("customer", "add", "alice@customer.example")
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w")
+    server = start_server(db_url, port, log)
+    try:
+        writer = subprocess.run(["pgrep", "-P", str(server.pid), "-f", "ingest.writer"],
+                                capture_output=True, text=True).stdout.split()
+        assert len(writer) == 1
+        os.kill(int(writer[0]), signal.SIGKILL)
+
+        def send():
+            with smtplib.LMTP("127.0.0.1", port, timeout=10) as client:
+                client.sendmail("alice@customer.example", [SUPPORT], message())
+
+        try:
+            await asyncio.to_thread(send)
+            raise AssertionError("a message was accepted with no writer to store it")
+        except (smtplib.SMTPDataError, smtplib.SMTPRecipientsRefused, OSError) as e:
+            assert getattr(e, "smtp_code", 451) == 451
+        assert await asyncio.to_thread(server.wait, 30) == 1
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert "writer process died" in (tmp_path / "serve.log").read_text()

@@ -61,7 +61,36 @@ def build_parser() -> argparse.ArgumentParser:
     held.add_parser("release", help="make a held message a ticket").add_argument("id", type=int)
     purge = held.add_parser("purge", help="purge held and deleted mail past the retention period")
     purge.add_argument("--days", type=int, help="retention in days (default: [challenge] held_days)")
+    discard = held.add_parser("discard", help="drop a held message (kept until purge); --block its sender too")
+    discard.add_argument("id", type=int)
+    discard.add_argument("--block", action="store_true", help="delete the sender's future mail on arrival")
+    held.add_parser("unblock", help="accept mail from a blocked sender again").add_argument("email")
+    _imap_parser(sub)
     return p
+
+
+def _imap_parser(sub) -> None:
+    imap = sub.add_parser("imap", help="remote IMAP accounts").add_subparsers(dest="action", required=True)
+    add = imap.add_parser("add", help="add an account (asks the password twice, then tests the account)")
+    add.add_argument("name", help="letters, digits, . _ -; used in source imap:NAME and scope account:NAME")
+    add.add_argument("--email", required=True, help="the account's address (its mail's envelope recipient)")
+    add.add_argument("--server", required=True, help="IMAP server host name")
+    add.add_argument("--port", type=int, help="default 993 (tls) or 143 (starttls, none)")
+    add.add_argument("--security", choices=["tls", "starttls", "none"], default="tls")
+    add.add_argument("--user", help="login name (default: the email address)")
+    add.add_argument("--folder", default="INBOX")
+    add.add_argument("--after", default="seen", help="after import: seen | move:FOLDER | delete (default seen)")
+    add.add_argument("--department", help="default: the department that owns the email address")
+    add.add_argument("--poll-seconds", type=int, default=60, help="poll interval when the server has no IDLE")
+    add.add_argument("--ca-file", default="", help="trust only this CA (PEM) for the server's certificate")
+    add.add_argument("--insecure-skip-verify", action="store_true", help="do not verify the TLS certificate")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    add.add_argument("--no-test", action="store_true", help="save without connecting first")
+    _json(imap.add_parser("list", help="list accounts and their sync status (never passwords)"))
+    _json(imap.add_parser("test", help="connect, log in and open the folder")).add_argument("name")
+    imap.add_parser("remove", help="remove an account (its imported mail stays)").add_argument("name")
+    imap.add_parser("enable", help="sync the account again").add_argument("name")
+    imap.add_parser("disable", help="stop syncing the account").add_argument("name")
 
 
 def _json(parser):
@@ -102,12 +131,14 @@ async def run(args, config) -> int | None:
             await _guard(upgrade_async(config.database_url))
         return await _guard(serve(config))
 
-    from ticketmail import commands
+    from ticketmail import challenge_commands, commands, imap_commands
 
     db = Database(config.database_url)
     try:
         await _guard(db.check_schema())
-        handler = getattr(commands, f"{args.command}_{args.action}")
+        name = f"{args.command}_{args.action}"
+        handler = (getattr(challenge_commands, name, None) or getattr(imap_commands, name, None)
+                   or getattr(commands, name))
         return await _guard(handler(db, config, args))
     except SchemaOutdated as e:
         raise CommandError(str(e)) from None
@@ -119,13 +150,14 @@ async def _guard(coro):
     """Turn expected failures (bad input, unreachable database) into one-line errors."""
     from sqlalchemy.exc import DBAPIError, OperationalError
 
+    from bridge.accounts import BridgeKeyError
     from ingest.release import ReleaseError
     from ingest.rules import RuleError
     from storage.database import SchemaOutdated
 
     try:
         return await coro
-    except (RuleError, ReleaseError, SchemaOutdated) as e:
+    except (RuleError, ReleaseError, SchemaOutdated, BridgeKeyError) as e:
         raise CommandError(str(e)) from None
     except (OperationalError, DBAPIError, OSError) as e:
         reason = str(getattr(e, "orig", e) or e).splitlines()[0]

@@ -34,6 +34,7 @@ class SMTP:
     security: str = "none"
     username: str = ""
     password: str = ""
+    timeout: int = 30  # seconds per SMTP conversation
 
 
 @dataclass
@@ -42,11 +43,20 @@ class Challenge:
     held_days: int = 14
     trusted_authserv_id: str = ""
     challenge_unauthenticated: bool = True
+    per_sender_daily: int = 3  # challenges to one address per 24 hours
+    per_domain_hourly: int = 20  # challenges to one domain per hour
+    total_hourly: int = 200  # challenges per hour in all
+    subject_prefix: str = "Please confirm:"
+    contact: str = ""  # whom the challenge names for questions; "" = the department's address
+    template_dir: str = ""  # templates here replace the built-in ones of the same name
+    keep_for_review: bool = False  # past held_days, keep unconfirmed mail held instead of purging it
 
 
 @dataclass
 class Bridge:
     key_file: str = "var/secret.key"
+    key: str = ""  # the Fernet key itself, usually from TICKETMAIL_BRIDGE_KEY; wins over key_file
+    lease_seconds: int = 30  # PostgreSQL: another process takes an account over this long after its holder died
 
 
 @dataclass
@@ -115,4 +125,6 @@ def load(path: str | None = None, env: dict | None = None) -> Config:
     _apply(config, data, "", env)
     if config.smtp.security not in ("none", "starttls", "tls"):
         raise ConfigError(f"smtp.security: expected none, starttls or tls, got {config.smtp.security!r}")
+    if config.bridge.lease_seconds < 3:
+        raise ConfigError(f"bridge.lease_seconds: expected 3 or more, got {config.bridge.lease_seconds}")
     return config

@@ -8,10 +8,15 @@ import signal
 
 from aiohttp import web
 
+from bridge.supervisor import Supervisor
+from ingest import mailer
+from ingest.challenges import ChallengeSettings
 from ingest.lmtp import LMTPListener
+from ingest.outbox import OutboxSender
 from ingest.pipeline import Pipeline
+from ingest.sweeper import Sweeper
 from storage.database import Database
-from ticketmail.config import Config
+from ticketmail.config import Config, ConfigError
 from web.app import create_app
 
 log = logging.getLogger("ticketmail")
@@ -24,8 +29,21 @@ async def serve(config: Config) -> int:
     db = Database(config.database_url)
     try:
         await db.check_schema()
-        pipeline = Pipeline(db, config.ticket_prefix)
+        settings = ChallengeSettings.from_config(config)
+        try:  # an operator's broken template fails here, not on each challenge
+            mailer.check_templates(settings.template_dir)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        bridge = Supervisor(db, config)
+        await bridge.check()  # a missing or wrong key to the IMAP passwords: one line now, not in each loop
+        pipeline = Pipeline(db, config.ticket_prefix, settings)
         await pipeline.start()
+        await bridge.start(pipeline)  # IMAP accounts: one sync loop each
+        outbox = OutboxSender(db, config.smtp)  # challenge mail, sent after the pipeline's commit
+        sweeper = Sweeper(db, held_days=config.challenge.held_days, ticket_prefix=config.ticket_prefix,
+                          keep_for_review=config.challenge.keep_for_review)
+        await outbox.start()
+        await sweeper.start()
         lmtp = LMTPListener(
             pipeline,
             host=config.lmtp.host,
@@ -44,13 +62,20 @@ async def serve(config: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        # A dead writer cannot store anything: exit, so the service manager restarts us.
+        watch = [asyncio.create_task(stop.wait()), asyncio.create_task(pipeline.failed.wait())]
+        await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
+        for task in watch:
+            task.cancel()
 
         log.info("shutting down: no new connections, finishing deliveries in progress")
         await lmtp.stop()
         await runner.cleanup()
+        await bridge.stop()
         await pipeline.stop()
+        await sweeper.stop()
+        await outbox.stop()
         log.info("stopped")
-        return 0
+        return 1 if pipeline.failed.is_set() else 0
     finally:
         await db.dispose()

@@ -1,0 +1,77 @@
+"""Two `ticketmail serve` processes on one PostgreSQL: one syncs the account, the other takes over when it dies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+
+import pytest
+
+from tests.bridge_helpers import (  # noqa: F401 - fixtures
+    add_account,
+    bridge_key,
+    counts,
+    departments,
+    mails,
+    serve,
+    tickets_at_least,
+    wait_until,
+)
+from tests.dovecot import dovecot  # noqa: F401 - fixture
+
+LEASE = 6  # seconds; production's default is 30
+
+
+def bridge_logins(dovecot) -> int:
+    """Logins over TLS: the bridge's and `imap add`'s (this test's own APPENDs log in without TLS)."""
+    return sum(1 for line in dovecot.log().splitlines() if "Login: user=<support>" in line and ", TLS" in line)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_one_process_syncs_an_account_and_another_takes_over_when_it_dies(
+        dovecot, add_account, db, db_url, cli, tmp_path, bridge_key):
+    assert (await add_account(dovecot))[0] == 0
+    assert bridge_logins(dovecot) == 1  # imap add's test
+    env = dict(TICKETMAIL_BRIDGE_KEY_FILE=str(bridge_key), TICKETMAIL_BRIDGE_LEASE_SECONDS=str(LEASE))
+    logs = {name: tmp_path / f"serve-{name}.log" for name in "ab"}
+    files = {name: open(path, "w") for name, path in logs.items()}
+    servers = {}
+    try:
+        servers["a"] = serve(db_url, files["a"], **env)
+
+        async def a_syncs():
+            return "imap support: syncing" in logs["a"].read_text()
+
+        assert await wait_until(a_syncs, 30), logs["a"].read_text()
+        servers["b"] = serve(db_url, files["b"], **env)
+        await asyncio.sleep(LEASE / 3 * 2 + 1)  # B has looked at the lease at least twice
+
+        await asyncio.to_thread(dovecot.append, "support", mails(20, "first"))
+        assert await tickets_at_least(db, 20, timeout=30) == 20
+        assert "imap support: syncing" not in logs["b"].read_text()
+        assert bridge_logins(dovecot) == 2, "only A connected to the IMAP server"
+        code, out, _ = await cli("imap", "list", "--json")
+        assert f":{servers['a'].pid}:" in json.loads(out)[0]["synced_by"]
+
+        servers["a"].send_signal(signal.SIGKILL)
+        await asyncio.to_thread(servers["a"].wait, 10)
+        killed = time.monotonic()
+        await asyncio.to_thread(dovecot.append, "support", mails(10, "after the kill"))
+        assert await tickets_at_least(db, 30, timeout=60) == 30, logs["b"].read_text()
+        assert time.monotonic() - killed < 60
+        assert "imap support: syncing" in logs["b"].read_text()
+        assert bridge_logins(dovecot) == 3, "B connected once, after A died"
+        code, out, _ = await cli("imap", "list", "--json")
+        assert f":{servers['b'].pid}:" in json.loads(out)[0]["synced_by"]
+        assert (await counts(db)) == (30, 30)
+    finally:
+        for server in servers.values():
+            if server.poll() is None:
+                server.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(server.wait, 30) == 0
+        for f in files.values():
+            f.close()
+    code, out, _ = await cli("imap", "list", "--json")
+    assert json.loads(out)[0]["synced_by"] is None, "a clean stop gives the lease up"

@@ -1,0 +1,288 @@
+"""What the pipeline does with unknown senders of a challenging department: when a challenge goes out
+and when not (suppression, Authentication-Results, caps), expiry and the sweeper, a relay that is down."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from sqlalchemy import func, select, update
+
+from ingest.challenges import token_hash
+from storage.models import Challenge, Event, Message, Outbox, utcnow
+from tests.challenge_helpers import BOB, SUPPORT, SmtpSink, as_json, desk, start_desk, stop_desk  # noqa: F401
+from tests.mail import message
+
+MX = "mx.xyzhosting.com"
+
+
+async def count(db, model, *where) -> int:
+    async with db.session() as s:
+        return await s.scalar(select(func.count()).select_from(model).where(*where))
+
+
+async def events_of(db, message_id: int) -> list[tuple[str, str]]:
+    async with db.session() as s:
+        rows = await s.execute(select(Event.kind, Event.detail).where(Event.message_id == message_id)
+                               .order_by(Event.id))
+    return [tuple(r) for r in rows]
+
+
+async def helpdesk(cli, db, configure=None):
+    code, _, err = await cli("department", "add", "Support", "--address", SUPPORT, "--unknown-sender", "challenge")
+    assert code == 0, err
+    return await start_desk(db, configure)
+
+
+SUPPRESSED = [
+    # (raw, envelope sender, source): each must be kept without anybody being mailed
+    (message(frm=BOB, subject="null"), "", "lmtp"),
+    (message(frm="noreply@shop.example", subject="robot"), "noreply@shop.example", "lmtp"),
+    (message(frm="MAILER-DAEMON@mx.newcomer.example", subject="daemon"), "", "imap:box"),
+    (message(frm=BOB, subject="auto", Auto_Submitted="auto-replied"), BOB, "lmtp"),
+    (message(frm=BOB, subject="bulk", Precedence="bulk"), BOB, "lmtp"),
+    (message(frm=BOB, subject="list", List_Unsubscribe="<mailto:u@list.example>"), BOB, "lmtp"),
+    (message(frm=BOB, subject="list-id", List_Id="<l.list.example>"), BOB, "lmtp"),
+    (message(frm=BOB, subject="loop", X_Loop="somewhere@else.example"), BOB, "lmtp"),
+    (message(frm=BOB, subject="oof", X_Auto_Response_Suppress="OOF"), BOB, "lmtp"),
+    (message(frm="support@xyzhosting.com", subject="own"), "support@xyzhosting.com", "lmtp"),
+    (message(frm=BOB, subject="reply", In_Reply_To="<ticketmail-challenge.00ff@xyzhosting.com>"), BOB, "lmtp"),
+    (message(frm=BOB, subject="marker", X_Ticketmail_Challenge="confirmation request"), BOB, "imap:box"),
+    (message(frm=BOB, subject="[SPAM] cheap"), BOB, "lmtp"),
+]
+
+
+async def test_no_challenge_for_robots_lists_loops_bounces_and_spam(cli, db, tmp_path):
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nname = "spam"\nconditions = [{ field = "subject", op = "contains", '
+                     'value = "[SPAM]" }]\nactions = [{ action = "tag", tag = "spam" }]\n')
+    desk = await helpdesk(cli, db)
+    try:
+        assert (await cli("rules", "import", str(rules)))[0] == 0
+        outcomes = [await desk.deliver(raw, sender, source=source) for raw, sender, source in SUPPRESSED]
+        await desk.outbox.run_once()
+    finally:
+        await stop_desk(desk)
+    assert desk.sink.received == [] and await count(db, Outbox) == 0 and await count(db, Challenge) == 0
+    # Every one is kept, silently, with the reason in its log: held by the challenge step, or ignored by
+    # the loop and auto-reply steps before it (as in any department).
+    for n, result in enumerate(outcomes, 1):
+        assert result.status in ("held", "ignored") and result.ticket is None
+        kinds = [k for k, _ in await events_of(db, n)]
+        assert {"no-challenge", "auto-reply", "ignore"} & set(kinds), (n, kinds)
+    held = await as_json(cli, "held", "list")
+    assert {h["subject"] for h in held} >= {"robot", "daemon", "list", "oof", "reply", "marker", "[SPAM] cheap"}
+    assert all("without a challenge" in h["reason"] for h in held)
+
+
+async def test_forged_looking_mail_is_held_for_review_without_a_challenge(cli, db):
+    def trust_mx(config):
+        config.challenge.trusted_authserv_id = MX
+
+    desk = await helpdesk(cli, db, trust_mx)
+    try:
+        dmarc_fail = await desk.deliver(message(frm=BOB, subject="dmarc", Authentication_Results=(
+            f"{MX}; dmarc=fail (p=reject) header.from=newcomer.example")))
+        spf_fail = await desk.deliver(message(frm="carol@newcomer.example", subject="spf", Authentication_Results=(
+            f"{MX}; spf=fail smtp.mailfrom=carol@newcomer.example; dkim=none")), sender="carol@newcomer.example")
+        # A header claiming our MTA's verdict below the real one changes nothing.
+        forged = await desk.deliver(
+            (f"Authentication-Results: {MX}; dmarc=fail header.from=newcomer.example\r\n".encode()
+             + message(frm="dave@newcomer.example", subject="forged pass",
+                       Authentication_Results=f"{MX}; dmarc=pass header.from=newcomer.example")),
+            sender="dave@newcomer.example")
+        passed = await desk.deliver(message(frm="erin@newcomer.example", subject="good", Authentication_Results=(
+            f"{MX}; spf=fail smtp.mailfrom=erin@newcomer.example; dkim=pass header.d=newcomer.example")),
+            sender="erin@newcomer.example")
+        unauthenticated = await desk.deliver(message(frm="frank@newcomer.example", subject="plain"),
+                                             sender="frank@newcomer.example")
+        [mail1, mail2] = [await desk.challenge(1), await desk.challenge(2)]
+    finally:
+        await stop_desk(desk)
+    assert {o.status for o in (dmarc_fail, spf_fail, forged, passed, unauthenticated)} == {"held"}
+    assert sorted(m.rcpt_tos[0] for m in (mail1, mail2)) == ["erin@newcomer.example", "frank@newcomer.example"]
+    held = {h["subject"]: h["reason"] for h in await as_json(cli, "held", "list")}
+    assert "held for review, no challenge" in held["dmarc"] and "DMARC fail" in held["dmarc"]
+    assert "SPF fail and no aligned DKIM pass" in held["spf"]
+    assert "DMARC fail" in held["forged pass"]
+
+
+async def test_unauthenticated_mail_is_not_challenged_when_so_configured(cli, db):
+    def strict(config):
+        config.challenge.challenge_unauthenticated = False
+        config.challenge.trusted_authserv_id = MX
+
+    desk = await helpdesk(cli, db, strict)
+    try:
+        await desk.deliver(message(frm=BOB, subject="no header"))
+        await desk.deliver(message(frm="erin@newcomer.example", subject="with pass", Authentication_Results=(
+            f"{MX}; dmarc=pass header.from=newcomer.example")), sender="erin@newcomer.example")
+        [mail] = await desk.sink.wait_for(1)
+        await desk.outbox.run_once()
+    finally:
+        await stop_desk(desk)
+    assert mail.rcpt_tos == ["erin@newcomer.example"] and len(desk.sink.received) == 1
+    held = {h["subject"]: h["reason"] for h in await as_json(cli, "held", "list")}
+    assert "challenge_unauthenticated = false" in held["no header"]
+
+
+async def test_a_thousand_unknown_senders_get_a_bounded_number_of_challenges(cli, db):
+    def caps(config):
+        config.challenge.per_domain_hourly = 5
+        config.challenge.total_hourly = 30
+
+    desk = await helpdesk(cli, db, caps)
+    try:
+        # 950 forged-looking senders in 19 domains, and one address used 50 times.
+        senders = [f"user{n}@d{n % 19}.example" for n in range(950)] + ["victim@target.example"] * 50
+        outcomes = await asyncio.gather(*(
+            desk.deliver(message(frm=s, subject=f"offer {n}"), sender=s) for n, s in enumerate(senders)))
+        await desk.sink.wait_for(30)
+        await desk.outbox.run_once()
+    finally:
+        await stop_desk(desk)
+    assert [o.status for o in outcomes] == ["held"] * 1000
+    assert await count(db, Challenge) == 30 and len(desk.sink.received) == 30
+    async with db.session() as s:
+        per_domain = (await s.execute(select(Challenge.domain, func.count()).group_by(Challenge.domain))).all()
+        victim = await s.scalar(select(func.count()).select_from(Challenge)
+                                .where(Challenge.sender == "victim@target.example"))
+        capped = await s.scalar(select(func.count(func.distinct(Event.message_id)))
+                                .where(Event.kind == "challenge-capped"))
+    assert max(n for _, n in per_domain) <= 5 and victim <= 1
+    assert capped >= 1000 - 30 - 50  # all but the challenged ones and the victim's joined mail
+
+
+async def test_one_sender_gets_at_most_per_sender_daily_challenges(cli, db):
+    def one_a_day(config):
+        config.challenge.per_sender_daily = 2
+
+    desk = await helpdesk(cli, db, one_a_day)
+    try:
+        for n in range(4):
+            await desk.deliver(message(frm=BOB, subject=f"try {n}"))
+            if n < 2:
+                await desk.challenge(n + 1)
+            async with db.writer() as s, s.begin():  # each challenge runs out before the next mail
+                await s.execute(update(Challenge).values(expires_at=Challenge.created_at))
+        await desk.outbox.run_once()
+    finally:
+        await stop_desk(desk)
+    assert await count(db, Challenge) == 2 and len(desk.sink.received) == 2
+    held = await as_json(cli, "held", "list")
+    assert "per_sender_daily = 2" in held[2]["reason"] and "per_sender_daily = 2" in held[3]["reason"]
+
+
+async def test_challenge_waits_while_the_relay_is_down_and_is_sent_when_it_is_back(cli, db):
+    code, _, _ = await cli("department", "add", "Support", "--address", SUPPORT, "--unknown-sender", "challenge")
+    desk = await start_desk(db, sink_up=False, retry_base=0.05)
+    try:
+        outcome = await desk.deliver(message(frm=BOB))
+        assert outcome.status == "held"  # the delivery does not wait for the relay
+        for _ in range(500):  # bounded: until a few attempts have failed
+            async with db.session() as s:
+                row = await s.scalar(select(Outbox))
+            if row.attempts >= 3:
+                break
+            await asyncio.sleep(0.02)
+        assert row.state == "pending" and row.attempts >= 3 and row.last_error
+        assert [h["subject"] for h in await as_json(cli, "held", "list")] == ["Printer on fire"]
+        sink = await SmtpSink(desk.sink.port).start()  # the relay comes back
+        try:
+            [mail] = await sink.wait_for(1)
+            for _ in range(250):
+                async with db.session() as s:
+                    row = await s.scalar(select(Outbox))
+                if row.state == "sent":
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await sink.stop()
+    finally:
+        await stop_desk(desk)
+    assert mail.rcpt_tos == [BOB] and row.state == "sent"
+    kinds = [k for k, _ in await events_of(db, 1)]
+    assert kinds.count("challenge-sent") == 1
+
+
+async def test_sweeper_expires_challenges_and_purges_old_held_mail(cli, db, desk):
+    await desk.deliver(message(frm=BOB, subject="old"))
+    first = await desk.challenge()
+    async with db.writer() as s, s.begin():
+        await s.execute(update(Challenge).values(expires_at=Challenge.created_at))
+    swept = await desk.sweeper.run_once()
+    assert swept.expired == 1 and swept.purged == 0
+    async with desk.http.get(first.link) as response:
+        assert response.status == 410
+    # The sender writes again: a new challenge, and confirming it releases both messages.
+    await desk.deliver(message(frm=BOB, subject="again"))
+    second = await desk.challenge(2)
+    assert second.link != first.link
+    # Held mail past held_days is purged (the record stays), with an event saying so.
+    async with db.writer() as s, s.begin():
+        await s.execute(update(Message).where(Message.subject == "old")
+                        .values(received_at=utcnow() - timedelta(days=15)))
+    swept = await desk.sweeper.run_once()
+    assert swept.purged == 1
+    kinds = [k for k, _ in await events_of(db, 1)]
+    assert kinds[-1] == "purged"
+    async with db.session() as s:
+        old = await s.scalar(select(Message).where(Message.subject == "old"))
+    assert (old.status, old.raw) == ("purged", b"")
+    assert [h["subject"] for h in await as_json(cli, "held", "list")] == ["again"]
+
+
+async def test_keep_for_review_keeps_unconfirmed_mail_held(cli, db):
+    def keep(config):
+        config.challenge.keep_for_review = True
+
+    desk = await helpdesk(cli, db, keep)
+    try:
+        await desk.deliver(message(frm=BOB, subject="old"))
+        await desk.challenge()
+        async with db.writer() as s, s.begin():
+            await s.execute(update(Message).values(received_at=utcnow() - timedelta(days=15)))
+        first, again = await desk.sweeper.run_once(), await desk.sweeper.run_once()
+    finally:
+        await stop_desk(desk)
+    assert (first.kept, first.purged, again.kept) == (1, 0, 0)
+    [held] = await as_json(cli, "held", "list")
+    assert "kept for review" in held["reason"]
+
+
+async def test_unsent_mail_of_an_expired_challenge_is_given_up(cli, db):
+    code, _, _ = await cli("department", "add", "Support", "--address", SUPPORT, "--unknown-sender", "challenge")
+    desk = await start_desk(db, sink_up=False)
+    try:
+        await desk.deliver(message(frm=BOB))
+        async with db.writer() as s, s.begin():
+            await s.execute(update(Challenge).values(expires_at=Challenge.created_at))
+        swept = await desk.sweeper.run_once()
+    finally:
+        await stop_desk(desk)
+    assert (swept.expired, swept.given_up) == (1, 1)
+    async with db.session() as s:
+        row = await s.scalar(select(Outbox))
+    assert (row.state, row.content) == ("failed", b"")
+
+
+async def test_token_is_looked_up_by_hash_only(db, desk):
+    await desk.deliver(message(frm=BOB))
+    mail = await desk.challenge()
+    token = mail.link.rsplit("/", 1)[1]
+    async with db.session() as s:
+        hashes = (await s.scalars(select(Challenge.token_hash))).all()
+    assert hashes == [token_hash(token)] and token not in hashes
+
+
+async def test_waiting_mail_of_a_sender_who_became_a_customer_is_released_by_the_sweeper(cli, db, desk):
+    """As when a confirmation in another process commits while this message is being held."""
+    await desk.deliver(message(frm=BOB, subject="meanwhile"))
+    mail = await desk.challenge()
+    assert (await cli("customer", "add", BOB))[0] == 0
+    swept = await desk.sweeper.run_once()
+    assert swept.released == 1
+    [ticket] = await as_json(cli, "tickets", "list")
+    assert (ticket["customer"], ticket["subject"]) == (BOB, "meanwhile")
+    async with desk.http.get(mail.link) as response:
+        assert response.status == 410  # closed: there is nothing left to confirm
