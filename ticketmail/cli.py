@@ -6,8 +6,6 @@ import argparse
 import asyncio
 import json
 import sys
-from datetime import timedelta
-from pathlib import Path
 
 from ticketmail import config as configuration
 
