@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import imaplib
 import shutil
 import subprocess
 import sys

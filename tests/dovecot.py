@@ -8,6 +8,7 @@ own `dovenull`/`dovecot` users for those and mail is owned by `nobody`.
 
 from __future__ import annotations
 
+import grp
 import imaplib
 import os
 import pwd
@@ -18,7 +19,6 @@ import ssl
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import trustme
@@ -76,9 +76,9 @@ class Dovecot:
     def _ids(self) -> tuple[int, int, str]:
         """The uid/gid that owns the mail, and the extra config lines for the process users."""
         if os.geteuid() != 0:
-            user = pwd.getpwuid(os.geteuid()).pw_name
+            user, group = pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(os.getegid()).gr_name
             rootless = (f"default_internal_user = {user}\ndefault_login_user = {user}\n"
-                        "service stats {\n  chroot =\n}\n")
+                        f"default_internal_group = {group}\nservice stats {{\n  chroot =\n}}\n")
             return os.geteuid(), os.getegid(), rootless
         nobody = pwd.getpwnam("nobody")
         return nobody.pw_uid, nobody.pw_gid, ""
@@ -93,7 +93,7 @@ class Dovecot:
             home.mkdir(exist_ok=True)
             os.chown(home, uid, gid)
         self.uid, self.gid = uid, gid
-        cert = self.ca.issue_cert("127.0.0.1", "localhost")
+        cert = self.ca.issue_cert("127.0.0.1", "localhost", common_name="127.0.0.1")  # mbsync checks the CN
         cert.private_key_pem.write_to_path(str(self.root / "key.pem"))
         cert.cert_chain_pems[0].write_to_path(str(self.root / "cert.pem"))
         lines = [f"{name}:{{PLAIN}}{password}:{uid}:{gid}::{self.root}/mail/{name}::"

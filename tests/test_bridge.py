@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 
 from sqlalchemy import select
 
 from bridge.sync import Options
 from storage.models import ImapAccount, Message
 from tests.bridge_helpers import (  # noqa: F401 - fixtures
-    FAST,
     SALES,
     SUPPORT,
     add_account,
@@ -98,9 +96,7 @@ async def test_message_appended_during_idle_becomes_a_ticket_within_two_seconds(
     await asyncio.sleep(0.3)  # the loop is now waiting in IDLE
 
     await asyncio.to_thread(dovecot.append, "support", mails(1, "during idle"))
-    appended = time.monotonic()
     assert await tickets_at_least(db, 2, timeout=2.0) == 2, "not a ticket within 2 s of the APPEND"
-    assert time.monotonic() - appended <= 2.5
     assert "during idle 0" in {t["subject"] for t in await tickets(cli)}
 
 

@@ -19,9 +19,9 @@ from bridge.accounts import (
     parse_after,
     port_warning,
 )
-from bridge.imap import (
+from bridge.imap import describe
+from bridge.responses import (
     ImapError,
-    describe,
     encode_mailbox,
     parse_fetch,
     parse_search,

@@ -1,0 +1,127 @@
+"""IMAP protocol text in and out, as pure functions: UID sets, quoting, and the responses the bridge reads."""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+
+
+class ImapError(Exception):
+    """A failure of one account's connection, said in one sentence (never with the password)."""
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    uidvalidity: int
+    exists: int
+    uidnext: int | None
+
+
+def quote(text: str) -> str:
+    """An IMAP quoted string (RFC 3501 section 9)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def encode_mailbox(name: str) -> str:
+    """A mailbox name in IMAP's modified UTF-7 (RFC 3501 5.1.3), quoted: "Entwürfe" -> "Entw&APw-rfe"."""
+    out, pending = [], []
+
+    def flush():
+        if pending:
+            data = "".join(pending).encode("utf-16-be")
+            out.append("&" + base64.b64encode(data).decode().rstrip("=").replace("/", ",") + "-")
+            pending.clear()
+
+    for ch in name:
+        if 0x20 <= ord(ch) <= 0x7E:
+            flush()
+            out.append("&-" if ch == "&" else ch)
+        else:
+            pending.append(ch)
+    flush()
+    return quote("".join(out))
+
+
+def uid_set(uids: list[int]) -> str:
+    """A compact UID set: [1, 2, 3, 7, 9, 10] -> "1:3,7,9:10"."""
+    parts, run = [], []
+    for uid in sorted(set(uids)):
+        if run and uid == run[-1] + 1:
+            run.append(uid)
+            continue
+        if run:
+            parts.append(f"{run[0]}:{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [uid]
+    if run:
+        parts.append(f"{run[0]}:{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(parts)
+
+
+_CODE = re.compile(rb"\[(UIDVALIDITY|UIDNEXT) (\d+)\]")
+_EXISTS = re.compile(rb"^(\d+) EXISTS$")
+
+
+def parse_select(lines: list) -> Mailbox:
+    """UIDVALIDITY, EXISTS and UIDNEXT from the untagged lines of a SELECT/EXAMINE response."""
+    found: dict[bytes, int] = {}
+    exists = 0
+    for line in lines:
+        if not isinstance(line, bytes):
+            continue
+        for code, value in _CODE.findall(line):
+            found[code] = int(value)
+        match = _EXISTS.match(line)
+        if match:
+            exists = int(match.group(1))
+    if b"UIDVALIDITY" not in found:
+        raise ImapError("the server did not say the folder's UIDVALIDITY: cannot track messages safely")
+    return Mailbox(found[b"UIDVALIDITY"], exists, found.get(b"UIDNEXT"))
+
+
+def parse_search(lines: list, above: int) -> list[int]:
+    """The UIDs of a UID SEARCH response that are above `above`.
+
+    `UID n:*` always matches the highest UID even when it is below n (RFC 3501 6.4.8), hence the filter."""
+    uids = []
+    for line in lines[:-1]:  # the last line is the tagged completion text
+        if isinstance(line, bytes):
+            uids += [int(t) for t in line.split() if t.isdigit()]
+    return sorted(u for u in set(uids) if u > above)
+
+
+_FETCH_UID = re.compile(rb"\bUID (\d+)")
+
+
+def parse_fetch(lines: list) -> list[tuple[int, bytes]]:
+    """(uid, raw message) pairs from a `UID FETCH ... (UID BODY.PEEK[])` response, in server order.
+
+    Each item is `N FETCH (UID u BODY[] {size}`, the literal, then `)`; the UID may also come after
+    the literal. Unsolicited FETCH items (flag changes) carry no literal and are skipped."""
+    found, uid, raw = [], None, None
+    for line in lines:
+        if isinstance(line, (bytearray, memoryview)):
+            raw = bytes(line)
+            continue
+        if b" FETCH (" in line:
+            if uid is not None and raw is not None:
+                found.append((uid, raw))
+            match = _FETCH_UID.search(line)
+            uid, raw = (int(match.group(1)) if match else None), None
+        elif uid is None:
+            match = _FETCH_UID.search(line)
+            uid = int(match.group(1)) if match else None
+    if uid is not None and raw is not None:
+        found.append((uid, raw))
+    return found
+
+
+def parse_status(lines: list) -> dict[str, int]:
+    """{"MESSAGES": 3, "UNSEEN": 1, ...} from a STATUS response."""
+    for line in lines:
+        if isinstance(line, bytes) and b"(" in line:
+            inner = line[line.rindex(b"(") + 1:].rstrip(b")")
+            tokens = inner.split()
+            return {tokens[i].decode().upper(): int(tokens[i + 1]) for i in range(0, len(tokens) - 1, 2)
+                    if tokens[i + 1].isdigit()}
+    return {}
