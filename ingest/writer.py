@@ -125,6 +125,20 @@ class Writer:
         return message, decision.reason
 
 
+# A group waits for a message still arriving through the pipe, up to this many bytes in all:
+# without it, large messages (which fill the pipe) would each be committed alone.
+GROUP_BYTES = 16 * 1024 * 1024
+
+
+def _partial(buffer: bytearray) -> bool:
+    """Whether `buffer` ends inside a frame."""
+    at = 0
+    while len(buffer) - at >= LENGTH.size:
+        (length,) = LENGTH.unpack_from(buffer, at)
+        at += LENGTH.size + length
+    return at != len(buffer)
+
+
 async def serve() -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**31)
@@ -142,6 +156,8 @@ async def serve() -> None:
     try:
         while chunk := await reader.read(1 << 20):
             pending += chunk
+            if _partial(pending) and len(pending) < GROUP_BYTES:
+                continue  # a message is still on its way through the pipe: it joins this group
             if jobs := _frames(pending):  # all that arrived while the last group was committing
                 out.write(frame(await writer.commit(jobs)))
                 out.flush()
