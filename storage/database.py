@@ -64,7 +64,7 @@ class Database:
             return await session.run_sync(fn, *args)
 
     def sync_sqlite_sessions(self) -> sessionmaker:
-        """Blocking sessions on the same SQLite file, for a writer that owns a thread of its own:
+        """Blocking sessions on the same SQLite file, for the writer process, which does nothing else:
         no round trip through aiosqlite's thread for every statement."""
         url = make_url(self.url).set(drivername="sqlite+pysqlite")
         engine = create_engine(url, execution_options={"sqlite_immediate": True})
