@@ -55,9 +55,6 @@ def sender_address(parsed: ParsedMessage, envelope_sender: str) -> str:
     return parsed.from_addr or envelope_sender.lower()
 
 
-AUTO_PRECEDENCE = {"bulk", "list", "junk"}
-
-
 def detect_loop(ctx: Context) -> Decision | None:
     """Mail from our own department addresses, or marked as looped, must never make a ticket."""
     if ctx.parsed.from_addr and ctx.directory.is_own_address(ctx.parsed.from_addr):
@@ -70,19 +67,10 @@ def detect_loop(ctx: Context) -> Decision | None:
 
 def detect_auto_reply(ctx: Context) -> Decision | None:
     """RFC 3834 auto-replies, bounces and list mail: recorded on their ticket, never a new one."""
-    p = ctx.parsed
-    auto_submitted = (p.first("Auto-Submitted") or "no").strip().lower()
-    precedence = (p.first("Precedence") or "").strip().lower()
-    if auto_submitted.split(";")[0].strip() != "no":
-        ctx.auto = f"Auto-Submitted: {auto_submitted}"
-    elif precedence in AUTO_PRECEDENCE:
-        ctx.auto = f"Precedence: {precedence}"
-    elif p.first("List-Id") is not None:
+    if reason := challenges.automatic(ctx.parsed):
+        ctx.auto = reason
+    elif ctx.parsed.first("List-Id") is not None:
         ctx.auto = "mailing list mail (List-Id)"
-    elif p.first("X-Loop") is not None:
-        ctx.auto = "X-Loop header"
-    elif p.first("X-Autoreply") is not None or p.first("X-Autorespond") is not None:
-        ctx.auto = "auto-responder header"
     elif ctx.source == "lmtp" and not ctx.sender:
         ctx.auto = "null envelope sender (a bounce or notification)"
     if ctx.auto:
@@ -92,9 +80,6 @@ def detect_auto_reply(ctx: Context) -> Decision | None:
 
 def facts(ctx: Context) -> Facts:
     p = ctx.parsed
-    headers: dict[str, list[str]] = {}
-    for name, value in p.headers:
-        headers.setdefault(name.lower(), []).append(value)
     return Facts(
         from_=[(p.from_name, p.from_addr)] if p.from_addr else [],
         to=p.to_names,
@@ -104,7 +89,7 @@ def facts(ctx: Context) -> Facts:
         recipient=ctx.recipient,
         sender=ctx.sender,
         account=ctx.account,
-        headers=headers,
+        headers=p.by_name,
     )
 
 

@@ -99,12 +99,27 @@ def quotes_our_mail(parsed: ParsedMessage) -> bool:
     ids = [parsed.message_id or "", *parsed.in_reply_to, *parsed.references]
     if any(mailer.is_our_mail_id(i) for i in ids):
         return True
-    if any(name.strip().lower() == mailer.MARKER.lower() for name, _ in parsed.headers):
+    if parsed.header(mailer.MARKER):
         return True
     texts = [parsed.text.encode("utf-8", "replace"), parsed.html.encode("utf-8", "replace")]
     # A bounce returns our headers as a message/rfc822 or text/rfc822-headers part; images can't.
     parts = [a.content for a in parsed.attachments if a.content_type.startswith(("message/", "text/"))]
     return any(_OUR_MAIL.search(blob) for blob in (*texts, *parts))
+
+
+def automatic(parsed: ParsedMessage) -> str | None:
+    """Why the headers mark this as automatic mail (RFC 3834 and the usual others), or None."""
+    auto = (parsed.first("Auto-Submitted") or "no").split(";")[0].strip().lower()
+    if auto != "no":
+        return f"Auto-Submitted: {auto}"
+    precedence = (parsed.first("Precedence") or "").strip().lower()
+    if precedence in _AUTO_PRECEDENCE:
+        return f"Precedence: {precedence}"
+    if parsed.first("X-Loop") is not None:
+        return "X-Loop header"
+    if parsed.first("X-Autoreply") is not None or parsed.first("X-Autorespond") is not None:
+        return "auto-responder header"
+    return None
 
 
 def suppression(parsed: ParsedMessage, *, envelope_sender: str, source: str, is_own, tags) -> str | None:
@@ -122,22 +137,14 @@ def suppression(parsed: ParsedMessage, *, envelope_sender: str, source: str, is_
     for who in (parsed.from_addr, envelope_sender):
         if robot_address(who):
             return f"{who.lower()} is an automatic address (MAILER-DAEMON, postmaster, noreply and the like)"
-    auto = (parsed.first("Auto-Submitted") or "no").split(";")[0].strip().lower()
-    if auto != "no":
-        return f"Auto-Submitted: {auto}"
-    precedence = (parsed.first("Precedence") or "").strip().lower()
-    if precedence in _AUTO_PRECEDENCE:
-        return f"Precedence: {precedence}"
+    if reason := automatic(parsed):
+        return reason
     for name, _ in parsed.headers:
         if name.strip().lower().startswith("list-"):
             return f"mailing list mail ({name.strip()} header)"
-    if parsed.first("X-Loop") is not None:
-        return "X-Loop header"
     suppress = re.split(r"[\s,]+", (parsed.first("X-Auto-Response-Suppress") or "").lower())
     if "all" in suppress or "oof" in suppress:
         return f"X-Auto-Response-Suppress: {parsed.first('X-Auto-Response-Suppress').strip()}"
-    if parsed.first("X-Autoreply") is not None or parsed.first("X-Autorespond") is not None:
-        return "auto-responder header"
     if any(t.lower() == "spam" for t in tags):
         return "a rule tagged it spam"
     if not mailer.mailable(address):

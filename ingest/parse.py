@@ -26,7 +26,7 @@ from email import policy
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from html.parser import HTMLParser
 from typing import Iterator
 
@@ -69,10 +69,17 @@ class ParsedMessage:
     headers: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
+    @cached_property
+    def by_name(self) -> dict[str, list[str]]:
+        """Decoded header values by lowercased name, in order (built once, on first use)."""
+        index: dict[str, list[str]] = {}
+        for key, value in self.headers:
+            index.setdefault(key.strip().lower(), []).append(value)
+        return index
+
     def header(self, name: str) -> list[str]:
         """Decoded values of every header called `name` (case-insensitive), in order."""
-        wanted = name.strip().lower()
-        return [value for key, value in self.headers if key.strip().lower() == wanted]
+        return self.by_name.get(name.strip().lower(), [])
 
     def first(self, name: str) -> str | None:
         """The first decoded value of header `name`, or None."""

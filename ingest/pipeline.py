@@ -140,8 +140,8 @@ class Pipeline:
             self._waiting.clear()
 
 
-def outcome(message: Message, reason: str) -> Outcome:
-    return Outcome(message.status, message.ticket_id, reason, duplicate=reason == "already delivered")
+def outcome(message: Message, reason: str, duplicate: bool = False) -> Outcome:
+    return Outcome(message.status, message.ticket_id, reason, duplicate)
 
 
 def dedup_key(delivery: Delivery, directory_: directory.Directory) -> str:

@@ -76,7 +76,7 @@ class Writer:
                 store.prefetch_customers(session, {chain.sender_address(j[2], j[1].sender) for j in jobs})
                 stored = [self._process(session, job, key, seen) for job, key in zip(jobs, keys)]
                 session.flush()
-            return [outcome(m, reason) for m, reason in stored]
+            return [outcome(*result) for result in stored]
         except Exception:
             log.info("a message of a group of %d failed; storing them one by one", len(jobs))
             store.forget_customers(session)
@@ -85,24 +85,25 @@ class Writer:
     def _process_one(self, session, job, key: str) -> Outcome | Exception:
         try:
             with session.begin_nested():
-                message, reason = self._process(session, job, key, store.messages_by_key(session, [key]))
+                stored = self._process(session, job, key, store.messages_by_key(session, [key]))
                 session.flush()
-            return outcome(message, reason)
+            return outcome(*stored)
         except IntegrityError:
             # Another process committed the same delivery first: answer as it did.
             existing = store.messages_by_key(session, [key]).get(key)
             if existing:
-                return outcome(existing, "already delivered")
+                return outcome(existing, "already delivered", duplicate=True)
             log.exception("storing message from %s failed", job[1].sender)
             return RuntimeError("integrity error")
         except Exception as e:
             log.exception("storing message from %s to %s failed", job[1].sender, job[1].recipient)
             return e
 
-    def _process(self, session, job, key: str, seen: dict[str, Message]) -> tuple[Message, str]:
-        """Record, decide and act on one delivery; returns the stored message and the reason."""
+    def _process(self, session, job, key: str, seen: dict[str, Message]) -> tuple[Message, str, bool]:
+        """Record, decide and act on one delivery; returns the stored message, the reason, and
+        whether it had been stored before."""
         if key in seen:
-            return seen[key], "already delivered"
+            return seen[key], "already delivered", True
         _, d, parsed = job
         message = seen[key] = record(d, parsed, key)
         session.add(message)
@@ -122,21 +123,12 @@ class Writer:
             ctx.note("parse-warning", warning)
         decision = chain.decide(ctx)
         tickets.act(ctx, message, decision)
-        return message, decision.reason
+        return message, decision.reason, False
 
 
 # A group waits for a message still arriving through the pipe, up to this many bytes in all:
 # without it, large messages (which fill the pipe) would each be committed alone.
 GROUP_BYTES = 16 * 1024 * 1024
-
-
-def _partial(buffer: bytearray) -> bool:
-    """Whether `buffer` ends inside a frame."""
-    at = 0
-    while len(buffer) - at >= LENGTH.size:
-        (length,) = LENGTH.unpack_from(buffer, at)
-        at += LENGTH.size + length
-    return at != len(buffer)
 
 
 async def serve() -> None:
@@ -152,15 +144,17 @@ async def serve() -> None:
         return
     out.write(frame("ready"))
     out.flush()
-    pending = bytearray()
+    pending, jobs = bytearray(), []
     try:
         while chunk := await reader.read(1 << 20):
             pending += chunk
-            if _partial(pending) and len(pending) < GROUP_BYTES:
+            jobs += _frames(pending)
+            if pending and len(pending) + sum(len(j[1].raw) for j in jobs) < GROUP_BYTES:
                 continue  # a message is still on its way through the pipe: it joins this group
-            if jobs := _frames(pending):  # all that arrived while the last group was committing
+            if jobs:  # all that arrived while the last group was committing
                 out.write(frame(await writer.commit(jobs)))
                 out.flush()
+                jobs = []
     finally:
         await writer.close()
 
