@@ -1,10 +1,16 @@
-"""The LMTP listener (RFC 2033): translates LMTP to pipeline calls and outcomes to status lines."""
+"""The LMTP listener (RFC 2033): translates LMTP to pipeline calls and outcomes to status lines.
+
+It also keeps a misbehaving or hostile client from taking the process down: a cap on sessions, a
+bound on a session's time without a delivery, command lines limited on their own (DATA keeps
+`max_message_bytes`), a budget of message bytes in flight, and a shutdown that answers every
+message it has read before closing."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 import logging
-import weakref
+
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import syntax
@@ -15,6 +21,24 @@ from ingest.pipeline import Delivery, Outcome, Pipeline
 log = logging.getLogger(__name__)
 
 TEMPFAIL = "451 4.3.0 <{rcpt}> temporary storage failure, please retry"
+TOO_BIG = "552 5.3.4 Message exceeds the maximum size"
+BUSY = "452 4.3.1 Too much mail in progress, please retry later"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, please retry later"
+TOO_MANY = "421 4.3.2 Too many connections, please retry later"
+IDLE = "421 4.4.2 Idle too long without delivering a message, closing"
+LINE_TOO_LONG = "500 5.5.2 Command line too long"
+
+# How much of the stream one read may buffer. Command lines beyond aiosmtpd's 512 (plus extensions)
+# are refused; beyond this they are not even kept. DATA is read in pieces of up to this size.
+READ_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int = 26214400
+    max_sessions: int = 100  # connections at once; beyond it 421 at the greeting
+    idle_seconds: float = 300  # a session that delivers nothing for this long is closed (NOOPs don't count)
+    max_inflight_bytes: int = 104857600  # message bytes in DATA and awaiting the writer; beyond: 452
 
 
 def status_line(rcpt: str, outcome: Outcome | BaseException) -> str:
@@ -28,19 +52,72 @@ def status_line(rcpt: str, outcome: Outcome | BaseException) -> str:
 
 
 class _Server(LMTP):
-    """aiosmtpd's LMTP with a DATA phase that reads the message in large pieces.
+    """aiosmtpd's LMTP session with our limits and a DATA phase that reads the message in large pieces.
 
     aiosmtpd reads DATA a line at a time, which is most of the event loop's work for a large
     message (measured in bench/: ~80% of the loop at 100 KB). Here the reader looks for each
-    ".\r\n" instead and checks whether it ends the message, and too-big messages get one reply
+    ".\r\n" instead and checks whether it ends the message, and a refused message gets one reply
     per recipient, as RFC 2033 requires (aiosmtpd sends one, and the replies go out of step).
     """
 
-    def __init__(self, handler, *, max_message_bytes: int, **kwargs):
-        # The reader's buffer limit bounds one DATA piece; long lines are legal in relayed mail.
-        self.line_length_limit = max_message_bytes + 64 * 1024
-        self.max_message_bytes = max_message_bytes
-        super().__init__(handler, data_size_limit=max_message_bytes, **kwargs)
+    line_length_limit = READ_LIMIT  # aiosmtpd sizes the stream reader's buffer with it
+
+    def __init__(self, handler, listener: LMTPListener, **kwargs):
+        self.listener = listener
+        self.limits = listener.limits
+        self.busy = False  # in DATA or waiting for the pipeline: shutdown lets it finish
+        self._idle_timer: asyncio.TimerHandle | None = None
+        super().__init__(handler, data_size_limit=self.limits.max_message_bytes, **kwargs)
+        # During shutdown every new command gets 421 (QUIT still says goodbye).
+        self._smtp_methods = {name: self._unless_closing(name, m) for name, m in self._smtp_methods.items()}
+
+    def _unless_closing(self, name: str, method):
+        async def run(arg):
+            if self.listener.closing and name != "QUIT":
+                return self.close_with(SHUTTING_DOWN)
+            return await method(arg)
+
+        return run
+
+    def close_with(self, reply: str) -> None:
+        """Send one last reply and close (the transport sends what it holds before closing)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(reply.encode("ascii") + b"\r\n")
+            self.transport.close()
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.listener.sessions.add(self)
+        self._arm_idle_timer()
+
+    def connection_lost(self, error) -> None:
+        self.listener.sessions.discard(self)
+        if self._idle_timer:
+            self._idle_timer.cancel()
+        super().connection_lost(error)
+
+    def _arm_idle_timer(self) -> None:
+        if self._idle_timer:
+            self._idle_timer.cancel()
+        self._idle_timer = self.loop.call_later(self.limits.idle_seconds, self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        if not self.busy:  # a message on its way re-arms the timer when it is answered
+            log.info("closing LMTP session from %s: no delivery in %s s", self.session.peer, self.limits.idle_seconds)
+            self.close_with(IDLE)
+
+    async def _handle_client(self) -> None:
+        if self.listener.closing:
+            return self.close_with(SHUTTING_DOWN)
+        if len(self.listener.sessions) > self.limits.max_sessions:
+            log.warning("refusing an LMTP connection: %d sessions open", len(self.listener.sessions) - 1)
+            return self.close_with(TOO_MANY)
+        await super()._handle_client()
+
+    async def push(self, status) -> None:
+        if status == "500 Command line too long":  # aiosmtpd's text, without an enhanced status code
+            status = LINE_TOO_LONG
+        await super().push(status)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -50,49 +127,69 @@ class _Server(LMTP):
             return await self.push("503 5.5.1 Error: need RCPT command")
         if arg:
             return await self.push("501 5.5.4 Syntax: DATA")
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        data, too_big = await self._read_data()
-        if too_big:
-            replies = ["552 5.3.4 Message exceeds the maximum size"] * len(self.envelope.rcpt_tos)
+        self.busy = True
+        self.listener.busy += 1
+        charged = 0
+        try:
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            data, refusal, charged = await self._read_data()
+            if refusal:
+                status = "\r\n".join([refusal] * len(self.envelope.rcpt_tos))
+            else:
+                self.envelope.content = self.envelope.original_content = data
+                del data
+                status = await self._call_handler_hook("DATA")
             self._set_post_data_state()
-            return await self.push("\r\n".join(replies))
-        self.envelope.content = self.envelope.original_content = data
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        await self.push(status)
+            await self.push(status)
+        finally:
+            self.listener.inflight -= charged
+            self.busy = False
+            self.listener.busy -= 1
+            self.listener.changed()
+            self._arm_idle_timer()
 
-    async def _read_data(self) -> tuple[bytes, bool]:
-        """The message up to the lone "." line, dot-unstuffed (RFC 5321 4.5.2), and whether it was too big."""
-        pieces, size, too_big = [], 0, False
+    async def _read_data(self) -> tuple[bytes, str, int]:
+        """The message up to the lone "." line, dot-unstuffed (RFC 5321 4.5.2); else a refusal for
+        every recipient (too big, or over the in-flight budget); and the in-flight bytes it holds."""
+        data, size, charged, refusal = bytearray(), 0, 0, ""
         tail = b"\r\n"  # the stream before DATA's first line counts as a line end
         while True:
             try:
                 piece = await self._reader.readuntil(b".\r\n")
             except asyncio.LimitOverrunError as e:
                 piece = await self._reader.readexactly(e.consumed)
+            self._reset_timeout()  # aiosmtpd's read timeout: progress counts, not only commands
             size += len(piece)
-            if size > self.max_message_bytes:
-                too_big, pieces = True, []  # keep reading to the end, but not the data
-            elif piece:
-                pieces.append(piece)
+            if not refusal:
+                refusal = self._refusal(size, len(piece))
+                if refusal:  # keep reading to the end, but not the data
+                    self.listener.release(charged)
+                    data, charged = bytearray(), 0
+                else:
+                    charged += len(piece)
+                    # Unstuff with the two bytes before the piece: a CRLF may end the last one.
+                    data += (tail[-2:] + piece).replace(b"\r\n.", b"\r\n")[2:]
             window = tail + piece
             if window.endswith(b"\r\n.\r\n"):  # a "." alone on its line
                 break
             tail = window[-4:]
-        if too_big:
-            return b"", True
-        data = b"".join(pieces)[:-3]  # without the final ".\r\n"
-        if data.startswith(b"."):
-            data = data[1:]
-        return data.replace(b"\r\n.", b"\r\n"), False
+        if refusal:
+            return b"", refusal, 0
+        del data[-2:]  # the end: CRLF "." CRLF, whose dot the unstuffing took already
+        return bytes(data), "", charged
+
+    def _refusal(self, size: int, more: int) -> str:
+        if size > self.limits.max_message_bytes:
+            return TOO_BIG
+        if not self.listener.charge(more):
+            log.warning("452 to %s: %d message bytes in flight", self.session.peer, self.listener.inflight)
+            return BUSY
+        return ""
 
 
 class Handler:
     def __init__(self, pipeline: Pipeline):
         self.pipeline = pipeline
-        self.in_flight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         try:
@@ -106,17 +203,11 @@ class Handler:
         return f"250 2.1.5 <{address}> OK"
 
     async def handle_DATA(self, server, session, envelope) -> str:
-        self.in_flight += 1
-        self.idle.clear()
         try:
             return "\r\n".join(await self._deliver(envelope))
-        except BaseException:  # never raise: one raised error would desync the replies
+        except Exception:  # one raised error would desync the replies; a cancellation must go on up
             log.exception("delivery from %s failed", envelope.mail_from)
             return "\r\n".join(TEMPFAIL.format(rcpt=r) for r in envelope.rcpt_tos)
-        finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self.idle.set()
 
     async def _deliver(self, envelope) -> list[str]:
         raw = envelope.original_content
@@ -145,24 +236,41 @@ class Handler:
 class LMTPListener:
     """Serves LMTP on host:port or a unix socket, on the running event loop."""
 
-    def __init__(self, pipeline: Pipeline, *, host="127.0.0.1", port=8024, socket="", max_message_bytes=26214400):
+    def __init__(self, pipeline: Pipeline, *, host="127.0.0.1", port=8024, socket="", hostname="",
+                 limits: Limits = Limits()):
         self.handler = Handler(pipeline)
         self.host, self.port, self.socket = host, port, socket
-        self.max_message_bytes = max_message_bytes
+        self.hostname = hostname or None  # aiosmtpd: None is this host's name
+        self.limits = limits
+        self.sessions: set[_Server] = set()
+        self.busy = 0  # sessions in DATA or waiting for the pipeline
+        self.inflight = 0  # message bytes read and not yet answered
+        self.closing = False
+        self._changed = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
-        self._sessions: weakref.WeakSet[_Server] = weakref.WeakSet()
+
+    def charge(self, size: int) -> bool:
+        """Count `size` more message bytes in flight, unless that would go over the budget."""
+        if self.inflight + size > self.limits.max_inflight_bytes:
+            return False
+        self.inflight += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.inflight -= size
+
+    def changed(self) -> None:
+        self._changed.set()
 
     def _protocol(self) -> _Server:
-        proto = _Server(
+        return _Server(
             self.handler,
-            max_message_bytes=self.max_message_bytes,
+            self,
             enable_SMTPUTF8=True,
-            hostname="ticketmail",
+            hostname=self.hostname,
             ident="ticketmail LMTP",
             loop=asyncio.get_running_loop(),
         )
-        self._sessions.add(proto)
-        return proto
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -173,17 +281,25 @@ class LMTPListener:
             self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self, grace: float = 30.0) -> None:
-        """Stop accepting, let deliveries in progress finish, then close the sessions."""
+        """Stop accepting; sessions between messages get 421 now, a message being sent or stored
+        gets its reply (within `grace`), then every session is closed."""
         if self._server is None:
             return
+        self.closing = True
         self._server.close()
-        try:
-            await asyncio.wait_for(self.handler.idle.wait(), grace)
-        except asyncio.TimeoutError:
-            log.warning("%d deliveries still in progress at shutdown", self.handler.in_flight)
-        for proto in list(self._sessions):
-            if proto.transport is not None:
-                proto.transport.close()
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.busy:
+            for session in list(self.sessions):
+                if not session.busy:
+                    session.close_with(SHUTTING_DOWN)
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), deadline - asyncio.get_running_loop().time())
+            except asyncio.TimeoutError:
+                log.warning("%d LMTP sessions still sending or storing a message after %s s: closing them",
+                            self.busy, grace)
+                break
+        for session in list(self.sessions):
+            session.close_with(SHUTTING_DOWN)
         await self._server.wait_closed()
         self._server = None
-

@@ -18,7 +18,7 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from sqlalchemy import func, select
 
 from ingest.challenges import ChallengeSettings
-from ingest.lmtp import LMTPListener
+from ingest.lmtp import Limits, LMTPListener
 from ingest.outbox import OutboxSender
 from ingest.pipeline import Delivery, Pipeline
 from ingest.sweeper import Sweeper
@@ -145,7 +145,7 @@ async def start_desk(db: Database, configure=None, *, sink_port: int | None = No
     await web.SockSite(runner, web_sock).start()
     pipeline = Pipeline(db, config.ticket_prefix, settings_for(config))
     await pipeline.start()
-    lmtp = LMTPListener(pipeline, host="127.0.0.1", port=0, max_message_bytes=4_000_000)
+    lmtp = LMTPListener(pipeline, host="127.0.0.1", port=0, limits=Limits(max_message_bytes=4_000_000))
     await lmtp.start()
     outbox = OutboxSender(db, config.smtp, interval=0.05, retry_base=retry_base)
     await outbox.start()

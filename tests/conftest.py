@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from ingest.lmtp import LMTPListener
+from ingest.lmtp import Limits, LMTPListener
 from ingest.pipeline import Pipeline
 from storage.database import Database, upgrade
 
@@ -119,7 +119,7 @@ async def pipeline(db):
 @pytest.fixture
 async def lmtp(pipeline):
     """The real LMTP listener on a free loopback port."""
-    listener = LMTPListener(pipeline, host="127.0.0.1", port=0, max_message_bytes=4_000_000)
+    listener = LMTPListener(pipeline, host="127.0.0.1", port=0, limits=Limits(max_message_bytes=4_000_000))
     await listener.start()
     yield listener
     await listener.stop(grace=5)

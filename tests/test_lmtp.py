@@ -154,7 +154,7 @@ async def test_shutdown_finishes_delivery_in_progress(cli, db, pipeline, lmtp):
     import asyncio
 
     sending = asyncio.create_task(deliver(lmtp.port, ALICE, SUPPORT, message()))
-    while not lmtp.handler.in_flight and not sending.done():
+    while not lmtp.busy and not sending.done():
         await asyncio.sleep(0.001)
     await lmtp.stop()
     [(code, _)] = await sending

@@ -18,6 +18,10 @@ class LMTP:
     port: int = 8024
     socket: str = ""
     max_message_bytes: int = 26214400
+    max_sessions: int = 100  # connections at once; beyond it 421 at the greeting
+    idle_seconds: int = 300  # a session that delivers nothing for this long is closed (NOOPs don't count)
+    max_inflight_bytes: int = 104857600  # message bytes being received or stored at once; beyond it 452
+    hostname: str = ""  # the name in the greeting; "" = this host's name
 
 
 @dataclass
@@ -125,6 +129,13 @@ def load(path: str | None = None, env: dict | None = None) -> Config:
     _apply(config, data, "", env)
     if config.smtp.security not in ("none", "starttls", "tls"):
         raise ConfigError(f"smtp.security: expected none, starttls or tls, got {config.smtp.security!r}")
+    lmtp = config.lmtp
+    for key in ("max_message_bytes", "max_sessions", "idle_seconds"):
+        if getattr(lmtp, key) < 1:
+            raise ConfigError(f"lmtp.{key}: expected 1 or more, got {getattr(lmtp, key)}")
+    if lmtp.max_inflight_bytes < lmtp.max_message_bytes:
+        raise ConfigError(f"lmtp.max_inflight_bytes: expected at least lmtp.max_message_bytes "
+                          f"({lmtp.max_message_bytes}), got {lmtp.max_inflight_bytes}")
     if config.bridge.lease_seconds < 3:
         raise ConfigError(f"bridge.lease_seconds: expected 3 or more, got {config.bridge.lease_seconds}")
     return config

@@ -11,7 +11,7 @@ from aiohttp import web
 from bridge.supervisor import Supervisor
 from ingest import mailer
 from ingest.challenges import ChallengeSettings
-from ingest.lmtp import LMTPListener
+from ingest.lmtp import Limits, LMTPListener
 from ingest.outbox import OutboxSender
 from ingest.pipeline import Pipeline
 from ingest.sweeper import Sweeper
@@ -44,13 +44,10 @@ async def serve(config: Config) -> int:
                           keep_for_review=config.challenge.keep_for_review)
         await outbox.start()
         await sweeper.start()
-        lmtp = LMTPListener(
-            pipeline,
-            host=config.lmtp.host,
-            port=config.lmtp.port,
-            socket=config.lmtp.socket,
-            max_message_bytes=config.lmtp.max_message_bytes,
-        )
+        c = config.lmtp
+        lmtp = LMTPListener(pipeline, host=c.host, port=c.port, socket=c.socket, hostname=c.hostname, limits=Limits(
+            max_message_bytes=c.max_message_bytes, max_sessions=c.max_sessions, idle_seconds=c.idle_seconds,
+            max_inflight_bytes=c.max_inflight_bytes))
         await lmtp.start()
         runner = web.AppRunner(create_app(db, config), access_log=None)
         await runner.setup()
