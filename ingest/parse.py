@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email import policy
 from email.message import Message
-from email.parser import BytesHeaderParser, BytesParser
+from email.feedparser import BytesFeedParser
+from email.parser import BytesHeaderParser
 from email.utils import getaddresses, parsedate_to_datetime
 from functools import cached_property, lru_cache
 from html.parser import HTMLParser
@@ -331,8 +332,25 @@ def _payload(part: Message, n: int, w: _Warnings) -> bytes:
         w.add(f"unknown transfer encoding {_short(cte, 30)} in part {n}, content kept undecoded")
     elif cte != raw_cte:  # compat32 compares the raw value: " Base64 " would go undecoded
         part.replace_header("Content-Transfer-Encoding", cte)
-    content = part.get_payload(decode=True)
+    # part._payload as parsed: get_payload() would re-decode 8-bit text by its charset.
+    content = _clean_base64(part._payload) if cte == "base64" else None
+    if content is None:
+        content = part.get_payload(decode=True)
     return content if isinstance(content, bytes) else b""
+
+
+_CLEAN_BASE64 = re.compile(r"[A-Za-z0-9+/\r\n]*(?:=[\r\n]*){0,2}")
+
+
+def _clean_base64(payload) -> bytes | None:
+    """Well-formed base64 decoded without compat32's copies of it (~4.5x the payload for a large
+    attachment, against the result's 0.75x); None for anything else, which compat32 decodes
+    leniently and reports."""
+    if not isinstance(payload, str) or not payload.isascii() or not _CLEAN_BASE64.fullmatch(payload):
+        return None
+    if (len(payload) - payload.count("\n") - payload.count("\r")) % 4:
+        return None
+    return binascii.a2b_base64(payload)
 
 
 def _flatten(part: Message, n: int, linesep: str, with_headers: bool, w: _Warnings) -> bytes:
@@ -484,10 +502,17 @@ def _html_to_text(markup: str, w: _Warnings) -> str:
 
 # --- assembly -------------------------------------------------------------------------------------
 
+_FEED = 64 * 1024
+
+
 def _structure(raw: bytes, w: _Warnings) -> Message:
     """The compat32 tree; headers only (body unparsed) if the parser itself fails."""
     try:
-        return BytesParser(policy=policy.compat32).parsebytes(raw)
+        # Fed in pieces, as BytesParser does through a StringIO, which holds 4 bytes a character.
+        parser, view = BytesFeedParser(policy=policy.compat32), memoryview(raw)
+        for at in range(0, len(raw), _FEED):
+            parser.feed(bytes(view[at : at + _FEED]))
+        return parser.close()
     except Exception as exc:  # RecursionError: the feed parser recurses once per nesting level
         w.add(f"MIME structure could not be parsed ({type(exc).__name__}), body left unparsed")
         return BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
