@@ -4,6 +4,10 @@ aioimaplib never fails a pending command when the connection drops (it can wait 
 a BYE) and drops untagged EXISTS that arrive outside IDLE, so every call here races the command
 against the connection's end and a timeout, and the protocol is taught to notice EXISTS and BYE.
 Every failure becomes an `ImapError` whose message is one plain sentence for the operator.
+
+Server text enters here, line by line, and the account's password is masked in it before anything
+else sees it (a server may quote our LOGIN in its refusal or its BYE): the sentences we build from it,
+what is stored on the account, what is logged.
 """
 
 from __future__ import annotations
@@ -20,15 +24,21 @@ from bridge.responses import (  # noqa: F401 - ImapError and Mailbox are part of
     ImapError,
     Mailbox,
     encode_mailbox,
+    mask,
     parse_fetch,
     parse_search,
     parse_select,
     parse_status,
     quote,
+    redact_status,
+    secret_spellings,
     uid_set,
 )
 
 log = logging.getLogger(__name__)
+# aioimaplib logs raw protocol lines (ours with LOGIN's quoted password at DEBUG, the server's unfiltered
+# at INFO); nothing in them is for an operator, and `serve` logs at INFO.
+logging.getLogger("aioimaplib").setLevel(logging.WARNING)
 
 
 def describe(exc: BaseException, account: Account, timeout: float) -> str:
@@ -59,10 +69,19 @@ def describe(exc: BaseException, account: Account, timeout: float) -> str:
     return f"{type(exc).__name__} talking to {where}" + (f": {detail}" if detail else "")
 
 
+def spellings(account: Account) -> tuple[bytes, ...]:
+    return secret_spellings(account.username, account.password.reveal())
+
+
 def redact(text: str, account: Account) -> str:
-    """`text` without the account's password (a library's message may quote the command it failed on)."""
-    secret = account.password.reveal()
-    return text.replace(secret, "********") if secret else text
+    """`text` without the account's password in any spelling (a library's message may quote the command
+    it failed on)."""
+    data = text.encode(errors="surrogateescape")
+    return mask(data, spellings(account)).decode(errors="surrogateescape")
+
+
+def shows_password(text: str, account: Account) -> bool:
+    return redact(text, account) != text
 
 
 def tls_context(account: Account) -> ssl.SSLContext:
@@ -78,8 +97,9 @@ def tls_context(account: Account) -> ssl.SSLContext:
 
 
 class _Protocol(aioimaplib.IMAP4ClientProtocol):
-    def __init__(self, loop, conn_lost_cb, on_exists, on_bye, on_alert, on_error):
+    def __init__(self, loop, conn_lost_cb, secrets, on_exists, on_bye, on_alert, on_error):
         super().__init__(loop, conn_lost_cb)
+        self._secrets = secrets  # the password's spellings, masked in every status line
         self._on_exists, self._on_bye, self._on_alert, self._on_error = on_exists, on_bye, on_alert, on_error
 
     def data_received(self, d: bytes) -> None:
@@ -91,6 +111,8 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):
             self._on_error(e)
 
     def _handle_line(self, line: bytes, current_cmd):
+        # The one door for server lines (literals, i.e. the mail, bypass it and stay byte-exact).
+        line = redact_status(line, self._secrets)
         if line.startswith(b"* "):
             if line.endswith(b" EXISTS"):
                 self._on_exists()
@@ -156,7 +178,7 @@ class Connection:
     async def _open(self) -> None:
         account = self.account
         context = tls_context(account) if account.security in ("tls", "starttls") else None
-        hooks = (self._on_lost, self.news.set, self._on_bye, self._on_alert, self._on_error)
+        hooks = (self._on_lost, spellings(account), self.news.set, self._on_bye, self._on_alert, self._on_error)
         self._client = _Client(account.server, account.port, self.timeout,
                                context if account.security == "tls" else None, hooks)
         try:

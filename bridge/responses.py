@@ -23,6 +23,44 @@ def quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+MASK = b"********"
+# A status response: tag (or *) and its condition word, an optional [code], then the server's own words.
+_STATUS = re.compile(rb"^(\S+ (?:OK|NO|BAD|BYE|PREAUTH) (?:\[[^\]]*\] ?)?|\+ ?)(.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def secret_spellings(username: str, password: str) -> tuple[bytes, ...]:
+    """Every spelling of the password a server could quote back at us, longest first.
+
+    As typed (also how a literal carries it), inside an IMAP quoted string (the escapes differ), and
+    base64 of it alone and of AUTHENTICATE PLAIN's `\\0user\\0password` (without the `=` padding,
+    which is a substring of the padded form)."""
+    if not password:
+        return ()
+    typed, user = password.encode(), username.encode()
+    forms = {typed, quote(password)[1:-1].encode()}
+    for sasl in (typed, b"\0" + user + b"\0" + typed, user + b"\0" + user + b"\0" + typed):
+        forms.add(base64.b64encode(sasl).rstrip(b"="))
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def mask(data: bytes, spellings: tuple[bytes, ...]) -> bytes:
+    for secret in spellings:
+        data = data.replace(secret, MASK)
+    return data
+
+
+def redact_status(line: bytes, spellings: tuple[bytes, ...]) -> bytes:
+    """A server line with the password masked in its text: status responses (OK, NO, BAD, BYE, PREAUTH)
+    and continuation requests, where a server speaks in words and may quote our command.
+
+    Data responses (FETCH, SEARCH, EXISTS...) and a status's [code] stay exact: they carry numbers
+    we parse, which a short password could otherwise match."""
+    match = _STATUS.match(line)
+    if not spellings or match is None:
+        return line
+    return match.group(1) + mask(match.group(2), spellings)
+
+
 def encode_mailbox(name: str) -> str:
     """A mailbox name in IMAP's modified UTF-7 (RFC 3501 5.1.3), quoted: "Entwürfe" -> "Entw&APw-rfe"."""
     out, pending = [], []

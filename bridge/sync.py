@@ -18,7 +18,7 @@ from email.policy import compat32
 from email.utils import parseaddr
 
 from bridge.accounts import Account
-from bridge.imap import Connection, ImapError, Mailbox, describe, redact
+from bridge.imap import Connection, ImapError, Mailbox, describe, redact, shows_password
 from ingest.parse import ParsedMessage, parse_message
 from ingest.pipeline import Delivery, Pipeline
 from storage import imap_store
@@ -250,5 +250,4 @@ def _raise_if_cancelled() -> None:
 
 def _loggable(exc: BaseException, account: Account):
     """The exception for exc_info, unless its text would show the password."""
-    secret = account.password.reveal()
-    return exc if not secret or secret not in repr(exc) else False
+    return False if shows_password(repr(exc), account) else exc
