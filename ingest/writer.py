@@ -17,7 +17,7 @@ import sys
 
 from sqlalchemy.exc import IntegrityError
 
-from ingest import chain, directory, tickets
+from ingest import chain, directory, logs, tickets
 from ingest.parse import parse_message
 from ingest.pipeline import LENGTH, Outcome, dedup_key, frame, outcome, read_frame, record
 from storage import store
@@ -162,8 +162,11 @@ async def serve() -> None:
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve())
+    repeated = logs.setup()
+    try:
+        asyncio.run(serve())
+    finally:
+        repeated.flush()
 
 
 if __name__ == "__main__":
