@@ -14,6 +14,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from storage.files import private_folder
+
 SECURITY_PORTS = {"tls": 993, "starttls": 143, "none": 143}
 POP3_PORTS = {110: "POP3", 995: "POP3 over TLS"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -149,7 +151,7 @@ def load_key(bridge_config, create: bool = False) -> Fernet:
 
 def _create_key_file(path: Path) -> Fernet:
     key = Fernet.generate_key()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(path.parent)
     try:
         # O_EXCL: never overwrite a key another process just wrote; 0600 from the first byte.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

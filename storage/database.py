@@ -10,6 +10,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
+from storage.files import create_sqlite_file
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -45,8 +47,7 @@ class Database:
         self.url = url
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
-        if self.is_sqlite and parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        create_sqlite_file(url)  # mail is in it: 0600 (and its folder 0700) before SQLite makes it 0644
         self.engine = create_async_engine(url, pool_pre_ping=not self.is_sqlite)
         if self.is_sqlite:
             _sqlite_setup(self.engine.sync_engine)
@@ -106,9 +107,7 @@ def upgrade(url: str) -> None:
     """Migrate the schema to head (synchronous; runs its own event loop)."""
     from alembic import command
 
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database:
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    create_sqlite_file(url)
     command.upgrade(_alembic_config(url), "head")
 
 

@@ -16,6 +16,7 @@ from ingest.outbox import OutboxSender
 from ingest.pipeline import Pipeline
 from ingest.sweeper import Sweeper
 from storage.database import Database
+from storage.files import warn_if_readable
 from ticketmail.config import Config, ConfigError
 from web.app import create_app
 
@@ -27,6 +28,7 @@ async def serve(config: Config) -> int:
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
     logging.getLogger("alembic").setLevel(logging.WARNING)
     db = Database(config.database_url)
+    warn_if_readable(config.database_url, config.bridge.key_file)  # mail, the IMAP key: for us alone
     try:
         await db.check_schema()
         settings = ChallengeSettings.from_config(config)
