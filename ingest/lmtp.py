@@ -31,6 +31,7 @@ LINE_TOO_LONG = "500 5.5.2 Command line too long"
 # How much of the stream one read may buffer. Command lines beyond aiosmtpd's 512 (plus extensions)
 # are refused; beyond this they are not even kept. DATA is read in pieces of up to this size.
 READ_LIMIT = 64 * 1024
+PARSE_HERE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,9 @@ class Handler:
 
     async def _deliver(self, envelope) -> list[str]:
         raw = envelope.original_content
-        parsed = parse_message(raw)  # here: the writer process is the busier one
+        # Parsed here (the writer process is the busier one), unless large: a parse holds ~2.7x the
+        # message for a moment, and this process already holds the messages of every session.
+        parsed = parse_message(raw) if len(raw) <= PARSE_HERE_BYTES else None
         sender = "" if envelope.mail_from in ("<>", "") else envelope.mail_from
         # One delivery per department; recipients of the same department share its outcome.
         groups: dict[int, list[str]] = {}

@@ -10,6 +10,7 @@ on PostgreSQL through asyncpg. Signals are ignored: the parent stops it by closi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import pickle
 import signal
@@ -19,23 +20,50 @@ from sqlalchemy.exc import IntegrityError
 
 from ingest import chain, directory, logs, tickets
 from ingest.parse import parse_message
-from ingest.pipeline import LENGTH, Outcome, dedup_key, frame, outcome, read_frame, record
+from ingest.pipeline import JOB, Outcome, dedup_key, frame, outcome, read_frame, record
 from storage import store
 from storage.database import Database
 from storage.models import Message
 
 log = logging.getLogger("ticketmail.writer")
 
-def _frames(buffer: bytearray) -> list:
-    """Take every complete frame off the front of `buffer`."""
-    found = []
-    while len(buffer) >= LENGTH.size:
-        (length,) = LENGTH.unpack_from(buffer)
-        if len(buffer) < LENGTH.size + length:
-            break
-        found.append(pickle.loads(buffer[LENGTH.size : LENGTH.size + length]))
-        del buffer[: LENGTH.size + length]
-    return found
+class Inbox:
+    """Jobs as they come through the pipe (see ingest/pipeline.py), and whether one is on its way."""
+
+    def __init__(self, reader: asyncio.StreamReader):
+        self.reader, self.jobs, self.arriving = reader, asyncio.Queue(), False
+
+    async def receive(self) -> None:
+        """Read jobs until the parent closes the pipe; then a None."""
+        try:
+            while True:
+                meta_length, raw_length = JOB.unpack(await self.reader.readexactly(JOB.size))
+                self.arriving = True
+                job_id, delivery, parsed = pickle.loads(await self.reader.readexactly(meta_length))
+                raw = await self.reader.readexactly(raw_length)
+                self.jobs.put_nowait((job_id, dataclasses.replace(delivery, raw=raw), parsed))
+                self.arriving = False
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            self.arriving = False
+            self.jobs.put_nowait(None)
+
+    async def group(self) -> list | None:
+        """The jobs that have arrived, waiting for one still on its way while the group is small;
+        None once the pipe is closed and every job has been handed out."""
+        first = await self.jobs.get()
+        if first is None:
+            return None
+        group, size = [first], len(first[1].raw)
+        while not self.jobs.empty() or (self.arriving and size < GROUP_BYTES):
+            job = await self.jobs.get()
+            if job is None:
+                self.jobs.put_nowait(None)  # for the next call
+                break
+            group.append(job)
+            size += len(job[1].raw)
+        return group
 
 
 class Writer:
@@ -144,17 +172,13 @@ async def serve() -> None:
         return
     out.write(frame("ready"))
     out.flush()
-    pending, jobs = bytearray(), []
+    inbox = Inbox(reader)
+    receiving = asyncio.create_task(inbox.receive())
     try:
-        while chunk := await reader.read(1 << 20):
-            pending += chunk
-            jobs += _frames(pending)
-            if pending and len(pending) + sum(len(j[1].raw) for j in jobs) < GROUP_BYTES:
-                continue  # a message is still on its way through the pipe: it joins this group
-            if jobs:  # all that arrived while the last group was committing
-                out.write(frame(await writer.commit(jobs)))
-                out.flush()
-                jobs = []
+        while (jobs := await inbox.group()) is not None:  # all that arrived while the last group was committing
+            out.write(frame(await writer.commit(jobs)))
+            out.flush()
+        await receiving
     finally:
         await writer.close()
 
