@@ -9,7 +9,7 @@ import signal
 from aiohttp import web
 
 from bridge.supervisor import Supervisor
-from ingest import mailer
+from ingest import logs, mailer
 from ingest.challenges import ChallengeSettings
 from ingest.lmtp import Limits, LMTPListener
 from ingest.outbox import OutboxSender
@@ -24,7 +24,7 @@ log = logging.getLogger("ticketmail")
 
 
 async def serve(config: Config) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    repeated = logs.setup()  # an outage logs its error once, then a count a minute
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
     logging.getLogger("alembic").setLevel(logging.WARNING)
     db = Database(config.database_url)
@@ -63,8 +63,9 @@ async def serve(config: Config) -> int:
             loop.add_signal_handler(sig, stop.set)
         # A dead writer cannot store anything: exit, so the service manager restarts us.
         watch = [asyncio.create_task(stop.wait()), asyncio.create_task(pipeline.failed.wait())]
+        counts = asyncio.create_task(_flush_every(repeated, repeated.window))
         await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
-        for task in watch:
+        for task in (*watch, counts):
             task.cancel()
 
         log.info("shutting down: no new connections, finishing deliveries in progress")
@@ -74,7 +75,14 @@ async def serve(config: Config) -> int:
         await pipeline.stop()
         await sweeper.stop()
         await outbox.stop()
+        repeated.flush()
         log.info("stopped")
         return 1 if pipeline.failed.is_set() else 0
     finally:
         await db.dispose()
+
+
+async def _flush_every(repeated: logs.RepeatedErrors, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        repeated.flush()
