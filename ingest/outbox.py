@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 import aiosmtplib
 
+from ingest import mailer
 from storage import challenge_store
 from storage.challenge_store import Mail
 from storage.database import Database
@@ -36,6 +37,8 @@ def permanent(error: Exception) -> bool:
     """A refusal that retrying cannot change: the recipient or the content refused with 5xx.
 
     A refused login or null sender is the operator's to fix, so those are retried."""
+    if isinstance(error, mailer.UnsafeMail):  # the same bytes fail the same check every time
+        return True
     if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
         return all(e.code >= 500 for e in error.recipients)
     if isinstance(error, (aiosmtplib.SMTPRecipientRefused, aiosmtplib.SMTPDataError)):
@@ -122,6 +125,8 @@ class OutboxSender:
 
     async def send(self, mail: Mail) -> None:
         """One SMTP conversation for one mail, envelope sender as stored ("" is <>)."""
+        # Rows written by an older version are sent only if they still read back as ours (issue 7).
+        mailer.verify(mail.content)
         s = self.smtp
         client = aiosmtplib.SMTP(hostname=s.host, port=s.port, timeout=s.timeout,
                                  username=s.username or None, password=s.password or None,
