@@ -317,7 +317,8 @@ def _open(ctx, message: Message) -> Challenge | None:
         in_reply_to=ctx.parsed.message_id, references=tuple(ctx.parsed.references),
     )
     try:
-        content = mailer.build(mail, mail_id, mailer.environment("ingest", s.template_dir))
+        content = mailer.build(mail, mail_id, mailer.environment("ingest", s.template_dir),
+                               left_out=lambda why: ctx.note("challenge-header", why))
     except Exception as e:  # an operator's broken template must not make the MTA retry forever
         ctx.note("challenge-failed", f"no challenge sent: the challenge mail could not be built ({e!r})")
         return None
