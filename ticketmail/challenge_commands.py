@@ -7,7 +7,7 @@ from __future__ import annotations
 from ingest.release import release
 from storage import challenge_store, store
 from storage.models import Message, utcnow
-from ticketmail.cli import CommandError
+from ticketmail.cli import CommandError, say
 
 
 def _address(message: Message) -> str:
@@ -44,7 +44,7 @@ async def held_release(db, config, args):
         return number, note + _still_held(s, address)
 
     number, note = await db.run(release_one, write=True)
-    print(f"message {args.id} released as ticket #{number}{note}")
+    say(f"message {args.id} released as ticket #{number}{note}")
 
 
 async def held_discard(db, config, args):
@@ -67,10 +67,10 @@ async def held_discard(db, config, args):
         return f"; {address} blocked" + _still_held(s, address)
 
     note = await db.run(discard, write=True)
-    print(f"message {args.id} discarded{note}")
+    say(f"message {args.id} discarded{note}")
 
 
 async def held_unblock(db, config, args):
     if not await db.run(challenge_store.unblock, args.email, write=True):
         raise CommandError(f"{args.email} is not blocked")
-    print(f"{args.email.lower()} unblocked")
+    say(f"{args.email.lower()} unblocked")

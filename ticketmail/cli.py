@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+import unicodedata
 
 from ticketmail import config as configuration
 
@@ -102,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         config = configuration.load(args.config)
         return asyncio.run(run(args, config)) or 0
     except (UsageError, configuration.ConfigError) as e:
-        print(f"ticketmail: {e}", file=sys.stderr)
+        print(f"ticketmail: {one_line(str(e))}", file=sys.stderr)
         return 2
-    except CommandError as e:
-        print(f"ticketmail: {e}", file=sys.stderr)
+    except CommandError as e:  # may quote stored mail or an IMAP server's words
+        print(f"ticketmail: {one_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -162,14 +163,59 @@ async def _guard(coro):
         raise CommandError(f"database or network error: {reason}") from None
 
 
+# What a terminal acts on or what changes how text reads, so never sent to it raw: controls (C0, DEL and
+# C1: escape sequences that clear the screen, retitle the window, write the clipboard), format characters
+# (bidi overrides and isolates, invisible marks), line and paragraph separators, lone surrogates.
+_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+_JOINERS = "\u200c\u200d"  # ZWNJ, ZWJ: needed to write Persian, Indic scripts and emoji; inert in a terminal
+
+
+def _hidden(ch: str) -> bool:
+    return unicodedata.category(ch) in _HIDDEN and ch not in _JOINERS
+
+
+_SHORT = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape(ch: str) -> str:
+    n = ord(ch)
+    if ch in _SHORT:
+        return _SHORT[ch]
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+def shown(text: str, keep: str = "\t\n") -> str:
+    """`text` as the terminal may get it: control and bidi characters written as visible escapes
+    (`\\x1b`, `\\u202e`), except those in `keep`. Every plain output goes through here."""
+    if text.isprintable():
+        return text
+    return "".join(_escape(ch) if ch not in keep and _hidden(ch) else ch for ch in text)
+
+
+def one_line(text: str) -> str:
+    """A stored value inside a one-line row or message: its tabs and line breaks escaped too, so it
+    cannot shift columns or forge a row."""
+    return shown(text, keep="")
+
+
+def say(line: str) -> None:
+    print(shown(line))
+
+
+def _json_text(data) -> str:
+    """The JSON document, exact; characters a terminal would act on are written as \\u escapes, which
+    decode to the same text (json itself escapes C0 controls, not C1 or bidi)."""
+    text = json.dumps(data, indent=2, default=str, ensure_ascii=False)
+    return "".join(json.dumps(ch)[1:-1] if ch != "\n" and _hidden(ch) else ch for ch in text)
+
+
 def emit(data, as_json: bool, lines) -> None:
     """Print `data` as JSON, or the human form given by `lines`."""
     if as_json:
-        json.dump(data, sys.stdout, indent=2, default=str, ensure_ascii=False)
-        print()
+        print(_json_text(data))
     else:
         for line in lines:
-            print(line)
+            say(line)
 
 
 if __name__ == "__main__":

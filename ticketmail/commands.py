@@ -15,7 +15,7 @@ from ingest.release import release
 from ingest.rules import RuleError, parse_rules, rule_to_data, rules_from_data, rules_to_toml
 from storage import store
 from storage.models import Customer, Department, DepartmentAddress, utcnow
-from ticketmail.cli import CommandError, emit
+from ticketmail.cli import CommandError, emit, one_line, say
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -46,7 +46,7 @@ async def department_add(db, config, args):
         store.bump_revision(s)
 
     await db.run(add, write=True)
-    print(f"department {args.name} added ({', '.join(addresses)}; unknown senders: {args.unknown_sender})")
+    say(f"department {args.name} added ({', '.join(addresses)}; unknown senders: {args.unknown_sender})")
 
 
 async def department_list(db, config, args):
@@ -68,7 +68,7 @@ async def customer_add(db, config, args):
         s.add(Customer(email=email, name=args.name, verified=True, added_by="cli"))
 
     await db.run(add, write=True)
-    print(f"customer {email} added")
+    say(f"customer {email} added")
 
 
 async def customer_list(db, config, args):
@@ -77,8 +77,8 @@ async def customer_list(db, config, args):
                  "created_at": _iso(c.created_at)} for c in s.scalars(select(Customer).order_by(Customer.email))]
 
     data = await db.run(collect)
-    emit(data, args.json, [f"{c['email']}\t{c['name']}\t{'verified' if c['verified'] else 'unverified'}"
-                           f" ({c['added_by']})" for c in data])
+    emit(data, args.json, [f"{one_line(c['email'])}\t{one_line(c['name'])}\t"
+                           f"{'verified' if c['verified'] else 'unverified'} ({c['added_by']})" for c in data])
 
 
 async def customer_remove(db, config, args):
@@ -89,7 +89,7 @@ async def customer_remove(db, config, args):
         s.delete(customer)
 
     await db.run(remove, write=True)
-    print(f"customer {args.email} removed")
+    say(f"customer {args.email} removed")
 
 
 async def rules_import(db, config, args):
@@ -107,7 +107,7 @@ async def rules_import(db, config, args):
         store.replace_rules(s, [(r.name, rule_to_data(r)) for r in rules])
 
     await db.run(replace, write=True)
-    print(f"{len(rules)} rules imported from {args.file}")
+    say(f"{len(rules)} rules imported from {args.file}")
 
 
 async def _rules(db):
@@ -115,7 +115,7 @@ async def _rules(db):
 
 
 async def rules_export(db, config, args):
-    print(rules_to_toml(await _rules(db)), end="")
+    print(rules_to_toml(await _rules(db)), end="")  # exact: it is read back by `rules import`
 
 
 async def rules_list(db, config, args):
@@ -134,8 +134,9 @@ def _ticket_data(ticket, department, customer, count) -> dict:
 
 async def tickets_list(db, config, args):
     data = [_ticket_data(*row) for row in await db.run(store.tickets)]
-    emit(data, args.json, [f"#{t['number']}\t{t['status']}\t{t['department'] or '-'}\t{t['customer'] or '-'}\t"
-                           f"{t['messages']} msg\t{t['subject']}" for t in data] or ["no tickets"])
+    emit(data, args.json, [f"#{t['number']}\t{t['status']}\t{t['department'] or '-'}\t"
+                           f"{one_line(t['customer'] or '-')}\t{t['messages']} msg\t{one_line(t['subject'])}"
+                           for t in data] or ["no tickets"])
 
 
 def _message_data(m) -> dict:
@@ -154,13 +155,15 @@ async def tickets_show(db, config, args):
         return _ticket_data(*row) | {"messages": [_message_data(m) for m in store.ticket_messages(s, args.number)]}
 
     data = await db.run(collect)
-    lines = [f"Ticket #{data['number']}: {data['subject']}",
+    lines = [f"Ticket #{data['number']}: {one_line(data['subject'])}",
              f"status {data['status']}, priority {data['priority']}, department {data['department'] or '-'}, "
-             f"customer {data['customer'] or '-'}, tags {', '.join(data['tags']) or '-'}"]
+             f"customer {one_line(data['customer'] or '-')}, tags {one_line(', '.join(data['tags'])) or '-'}"]
     for m in data["messages"]:
-        lines += ["", f"--- {m['date'] or '(no date)'} from {m['from'] or '(unknown)'}: {m['subject']}", m["text"]]
-        lines += [f"[attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes)" for a in m["attachments"]]
-        lines += [f"  {e['at']} {e['kind']}: {e['detail']}" for e in m["events"]]
+        lines += ["", f"--- {m['date'] or '(no date)'} from {one_line(m['from'] or '(unknown)')}: "
+                      f"{one_line(m['subject'])}", m["text"]]  # the text keeps its lines and tabs
+        lines += [f"[attachment] {one_line(a['filename'])} ({one_line(a['content_type'])}, {a['size']} bytes)"
+                  for a in m["attachments"]]
+        lines += [f"  {e['at']} {e['kind']}: {one_line(e['detail'])}" for e in m["events"]]
     emit(data, args.json, lines)
 
 
@@ -171,8 +174,8 @@ async def held_list(db, config, args):
                  "reason": m.events[-1].detail if m.events else ""} for m in store.held_messages(s)]
 
     data = await db.run(collect)
-    emit(data, args.json, [f"{m['id']}\t{m['received_at']}\t{m['from']}\t{m['subject']}\t{m['reason']}"
-                           for m in data] or ["no held messages"])
+    emit(data, args.json, [f"{m['id']}\t{m['received_at']}\t{one_line(m['from'])}\t{one_line(m['subject'])}\t"
+                           f"{one_line(m['reason'])}" for m in data] or ["no held messages"])
 
 
 async def held_release(db, config, args):
@@ -183,7 +186,7 @@ async def held_release(db, config, args):
         return release(s, message, ticket_prefix=config.ticket_prefix, by="admin (ticketmail held release)")
 
     number = await db.run(release_one, write=True)
-    print(f"message {args.id} released as ticket #{number}")
+    say(f"message {args.id} released as ticket #{number}")
 
 
 async def held_purge(db, config, args):
@@ -200,4 +203,4 @@ async def held_purge(db, config, args):
         return len(expired)
 
     count = await db.run(purge, write=True)
-    print(f"{count} messages purged (held or deleted more than {days} days ago)")
+    say(f"{count} messages purged (held or deleted more than {days} days ago)")

@@ -30,7 +30,7 @@ from bridge.probe import probe
 from ingest import directory
 from storage import imap_store, store
 from storage.models import ImapAccount
-from ticketmail.cli import CommandError, emit
+from ticketmail.cli import CommandError, emit, one_line, say
 
 log = logging.getLogger("ticketmail.imap")
 
@@ -38,7 +38,7 @@ TEST_TIMEOUT = 20.0
 
 
 def _warn(text: str) -> None:
-    print(f"ticketmail: warning: {text}", file=sys.stderr)
+    print(f"ticketmail: warning: {one_line(text)}", file=sys.stderr)
 
 
 def _email(text: str) -> str:
@@ -139,8 +139,8 @@ async def imap_add(db, config, args):
         raise CommandError(f"IMAP account {account.name!r} already exists") from None
     if report:
         for line in report.lines(account):
-            print(f"  {line}")
-    print(f"imap account {account.name} added: {account.email} on {account.where()} ({account.security}), "
+            say(f"  {line}")
+    say(f"imap account {account.name} added: {account.email} on {account.where()} ({account.security}), "
           f"folder {account.folder}, after import: {account.after}, department {department}; "
           "`ticketmail serve` syncs it")
 
@@ -189,7 +189,7 @@ async def imap_list(db, config, args):
 def _line(a: dict) -> str:
     state = "enabled" if a["enabled"] else "disabled"
     sync = f"last sync {a['last_sync']}, backlog {a['backlog']}" if a["last_sync"] else "never synced"
-    error = f"\tlast error ({a['last_error_at']}): {a['last_error']}" if a["last_error"] else ""
+    error = f"\tlast error ({a['last_error_at']}): {one_line(a['last_error'])}" if a["last_error"] else ""
     return (f"{a['name']}\t{a['email']}\t{a['server']}:{a['port']} {a['security']}\t{a['folder']}\t"
             f"after {a['after']}\t{a['department'] or '(by address)'}\t{state}\t{sync}{error}")
 
@@ -207,14 +207,14 @@ async def _change(db, name: str, change) -> str:
 
 async def imap_remove(db, config, args):
     name = await _change(db, args.name, lambda s, row: s.delete(row))
-    print(f"imap account {name} removed (the mail it imported stays; nothing changes on the server)")
+    say(f"imap account {name} removed (the mail it imported stays; nothing changes on the server)")
 
 
 async def imap_enable(db, config, args):
     name = await _change(db, args.name, lambda s, row: setattr(row, "enabled", True))
-    print(f"imap account {name} enabled")
+    say(f"imap account {name} enabled")
 
 
 async def imap_disable(db, config, args):
     name = await _change(db, args.name, lambda s, row: setattr(row, "enabled", False))
-    print(f"imap account {name} disabled")
+    say(f"imap account {name} disabled")
