@@ -18,7 +18,7 @@ from ingest.sweeper import Sweeper
 from storage.database import Database
 from storage.files import warn_if_readable
 from ticketmail.config import Config, ConfigError
-from web.app import create_app
+from web.app import Runner, create_app
 
 log = logging.getLogger("ticketmail")
 
@@ -51,7 +51,7 @@ async def serve(config: Config) -> int:
             max_message_bytes=c.max_message_bytes, max_sessions=c.max_sessions, idle_seconds=c.idle_seconds,
             max_inflight_bytes=c.max_inflight_bytes))
         await lmtp.start()
-        runner = web.AppRunner(create_app(db, config), access_log=None)
+        runner = Runner(create_app(db, config), access_log=None)  # our headers on aiohttp's own 400s too
         await runner.setup()
         await web.TCPSite(runner, config.web.host, config.web.port).start()
         where = config.lmtp.socket or f"{config.lmtp.host}:{lmtp.port}"

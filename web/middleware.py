@@ -51,12 +51,22 @@ async def error_pages(request: web.Request, handler):
     return pages.render("error.html", status=status, heading=heading, text=text)
 
 
-async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: on every response, errors and redirects included."""
-    headers = response.headers
+# For replies no page made (aiohttp's own 400 to a request it could not parse): nothing may load at all.
+BARE_CSP = "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+
+
+def protect(headers, csp: str) -> None:
+    """Our security headers, and no `Server: Python/3.x aiohttp/3.y` banner naming versions to attack."""
+    headers.popall("Server", None)
     headers["Referrer-Policy"] = "no-referrer"  # the token in the URL must not leak to other sites
-    headers["Content-Security-Policy"] = request.app[PAGES].csp
+    headers["Content-Security-Policy"] = csp
     headers["X-Frame-Options"] = "DENY"
     headers["X-Content-Type-Options"] = "nosniff"
     headers["Cache-Control"] = "no-store"
     headers["X-Robots-Tag"] = "noindex, nofollow"
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: on every routed response, errors and redirects included (after aiohttp has
+    added its default headers, so the banner can be removed here)."""
+    protect(response.headers, request.app[PAGES].csp)
