@@ -104,6 +104,7 @@ class Writer:
                 store.prefetch_customers(session, {chain.sender_address(j[2], j[1].sender) for j in jobs})
                 stored = [self._process(session, job, key, seen) for job, key in zip(jobs, keys)]
                 session.flush()
+                store.write_deferred_blobs(session)
             return [outcome(*result) for result in stored]
         except Exception:
             log.info("a message of a group of %d failed; storing them one by one", len(jobs))
@@ -111,10 +112,12 @@ class Writer:
         return [self._process_one(session, job, key) for job, key in zip(jobs, keys)]
 
     def _process_one(self, session, job, key: str) -> Outcome | Exception:
+        session.info.pop("blobs", None)  # of the failed attempt before
         try:
             with session.begin_nested():
                 stored = self._process(session, job, key, store.messages_by_key(session, [key]))
                 session.flush()
+                store.write_deferred_blobs(session)
             return outcome(*stored)
         except IntegrityError:
             # Another process committed the same delivery first: answer as it did.
@@ -135,6 +138,9 @@ class Writer:
         _, d, parsed = job
         message = seen[key] = record(d, parsed, key)
         session.add(message)
+        store.defer_large_blob(session, message, "raw", d.raw)
+        for attachment in message.attachments:
+            store.defer_large_blob(session, attachment, "content", attachment.content)
         ctx = chain.Context(
             session=session,
             directory=self.directory,
