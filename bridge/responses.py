@@ -24,8 +24,11 @@ def quote(text: str) -> str:
 
 
 MASK = b"********"
-# A status response: tag (or *) and its condition word, an optional [code], then the server's own words.
-_STATUS = re.compile(rb"^(\S+ (?:OK|NO|BAD|BYE|PREAUTH) (?:\[[^\]]*\] ?)?|\+ ?)(.*)$", re.IGNORECASE | re.DOTALL)
+# A status response: tag (or *), its condition word and a response code that carries data we read, then
+# the server's own words; or a continuation request.
+_DATA_CODES = rb"UIDVALIDITY|UIDNEXT|UNSEEN|HIGHESTMODSEQ|APPENDUID|COPYUID|CAPABILITY|PERMANENTFLAGS"
+_STATUS = re.compile(rb"^(\S+ (?:OK|NO|BAD|BYE|PREAUTH) (?:\[(?:" + _DATA_CODES + rb")(?: [^\]]*)?\] ?)?|\+ ?)(.*)$",
+                     re.IGNORECASE | re.DOTALL)
 
 
 def secret_spellings(username: str, password: str) -> tuple[bytes, ...]:
@@ -53,8 +56,8 @@ def redact_status(line: bytes, spellings: tuple[bytes, ...]) -> bytes:
     """A server line with the password masked in its text: status responses (OK, NO, BAD, BYE, PREAUTH)
     and continuation requests, where a server speaks in words and may quote our command.
 
-    Data responses (FETCH, SEARCH, EXISTS...) and a status's [code] stay exact: they carry numbers
-    we parse, which a short password could otherwise match."""
+    Data responses (FETCH, SEARCH, EXISTS...) and the response codes with data in them ([UIDVALIDITY n],
+    [CAPABILITY ...]) stay exact: they carry what we parse, which a short password could otherwise match."""
     match = _STATUS.match(line)
     if not spellings or match is None:
         return line

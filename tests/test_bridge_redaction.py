@@ -140,6 +140,8 @@ def test_only_the_words_of_status_lines_are_masked_so_data_stays_exact():
         b"A1 NO [AUTHENTICATIONFAILED] you sent LOGIN u ********"
     assert redact_status(b"* BYE quoting 1234", secrets) == b"* BYE quoting ********"
     assert redact_status(b"+ go on, 1234", secrets) == b"+ go on, ********"
+    assert redact_status(b"A2 NO [ALERT 1234] 1234", secrets) == b"A2 NO [ALERT ********] ********"
+    assert redact_status(b"* OK [UNSEEN] said 1234", secrets) == b"* OK [UNSEEN] said ********"
     for line in (b"* OK [UIDVALIDITY 1234] UIDs valid", b"* 3 FETCH (UID 1234 BODY[] {12}", b"* SEARCH 1234",
                  b"* 1234 EXISTS", b"* CAPABILITY IMAP4rev1 X1234"):
         assert redact_status(line, secrets) == line
