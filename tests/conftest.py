@@ -7,6 +7,7 @@ import os
 import shutil
 import smtplib
 import uuid
+from contextlib import closing
 
 import pytest
 
@@ -130,7 +131,7 @@ def lmtp_send(port: int, sender: str, recipients: list[str], raw: bytes) -> list
 
     smtplib.LMTP reads one reply after DATA; LMTP sends one per accepted recipient, so read the rest.
     """
-    with smtplib.LMTP("127.0.0.1", port) as client:
+    with closing(smtplib.LMTP("127.0.0.1", port)) as client:  # no QUIT: a server shutting down says 421 to it
         client.ehlo_or_helo_if_needed()
         code, msg = client.mail(sender)
         assert code == 250, msg

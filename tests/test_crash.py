@@ -119,8 +119,9 @@ async def test_writer_process_killed_means_451_and_serve_exits_for_a_restart(cli
         try:
             await asyncio.to_thread(send)
             raise AssertionError("a message was accepted with no writer to store it")
-        except (smtplib.SMTPDataError, smtplib.SMTPRecipientsRefused, OSError) as e:
-            assert getattr(e, "smtp_code", 451) == 451
+        except (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused, OSError) as e:
+            # 451 if it reached DATA; 421 if serve, shutting down for its restart, refused it sooner.
+            assert getattr(e, "smtp_code", 451) in (421, 451)
         assert await asyncio.to_thread(server.wait, 30) == 1
     finally:
         if server.poll() is None:
