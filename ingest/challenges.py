@@ -5,11 +5,14 @@ a robot. So a held message gets a challenge only when every check below lets it 
 
   suppression      null sender, robots' addresses, auto-replies, bulk and list mail, our own mail or
                    challenges coming back, rule-marked spam: held silently, no challenge
-  authentication   the trusted MTA's Authentication-Results: DMARC fail, or SPF fail without an aligned
-                   DKIM pass, is held for review; no trusted verdict follows `challenge_unauthenticated`
-  joining          the sender already has an open challenge: the message waits with it, no second mail
-  rate caps        per sender per day, per domain per hour, all senders per hour: it waits, no mail
+  authentication   the trusted MTA's Authentication-Results, for the From domain we use: DMARC fail, SPF
+                   fail without an aligned DKIM pass, or a header we cannot read for certain, is held for
+                   review; no trusted verdict follows `challenge_unauthenticated`
+  joining          the sender's mailbox already has an open challenge: the message waits with it, no mail
+  rate caps        per mailbox per day, per domain per hour, unauthenticated senders per hour, all senders
+                   per hour: it waits, and the sweeper challenges it once the budget allows
 
+Caps and joining count the mailbox, not its spelling (`mailbox`): `Victim+1@x` and `victim@x` are one.
 The checks are pure functions; `plan` gathers what they need from the pipeline's Context and session,
 and `carry_out` writes the challenge, its outbox mail and the wait in the pipeline's transaction (the
 mail is sent after the commit by ingest/outbox.py). Confirming is ingest/confirm.py.
@@ -22,8 +25,10 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 
 import authres
+from publicsuffixlist import PublicSuffixList
 
 from ingest import mailer
 from ingest.parse import ParsedMessage
@@ -42,7 +47,9 @@ class ChallengeSettings:
     challenge_unauthenticated: bool = True
     per_sender_daily: int = 3
     per_domain_hourly: int = 20
+    unauthenticated_hourly: int = 30
     total_hourly: int = 200
+    subaddress_separator: str = "+"
     subject_prefix: str = "Please confirm:"
     contact: str = ""
     template_dir: str = ""
@@ -54,7 +61,8 @@ class ChallengeSettings:
             public_url=config.web.public_url, token_days=c.token_days,
             trusted_authserv_id=c.trusted_authserv_id, challenge_unauthenticated=c.challenge_unauthenticated,
             per_sender_daily=c.per_sender_daily, per_domain_hourly=c.per_domain_hourly,
-            total_hourly=c.total_hourly, subject_prefix=c.subject_prefix, contact=c.contact,
+            unauthenticated_hourly=c.unauthenticated_hourly, total_hourly=c.total_hourly,
+            subaddress_separator=c.subaddress_separator, subject_prefix=c.subject_prefix, contact=c.contact,
             template_dir=c.template_dir,
         )
 
@@ -73,6 +81,36 @@ def token_hash(token: str) -> str:
 
 def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower()
+
+
+def mailbox(address: str, separators: str = "+") -> str:
+    """The mailbox an address reaches, as the caps count it: case-folded, the sub-address tag cut off
+    (`Victim+1@Bank.example` is victim@bank.example). Each character of `separators` starts a tag, as in
+    Postfix's recipient_delimiter; a local part that would be left empty is kept whole."""
+    local, at, domain = address.strip().lower().rpartition("@")
+    if not at:
+        return address.strip().lower()
+    cut = min((i for i in (local.find(c) for c in separators) if i > 0), default=len(local))
+    return f"{local[:cut]}@{domain}"
+
+
+@lru_cache(maxsize=1)
+def _public_suffixes() -> PublicSuffixList:
+    return PublicSuffixList()  # the list bundled with the package: nothing is fetched at run time
+
+
+def organization(domain: str) -> str | None:
+    """The organizational domain (RFC 7489 3.2) by the Public Suffix List: `bank.example` for
+    `mail.bank.example`, `evil.co.uk` for itself; None when `domain` is itself a public suffix (`co.uk`)."""
+    domain = domain.strip().strip(".").lower()
+    return _public_suffixes().privatesuffix(domain) if domain else None
+
+
+def cap_domain(address: str) -> str:
+    """The domain the per-domain cap counts: the registrable domain, so that a flood spread over
+    subdomains of one organisation is counted as one."""
+    domain = domain_of(address)
+    return organization(domain) or domain
 
 
 # --- suppression: mail that must never be challenged ---
@@ -162,11 +200,10 @@ class Authentication:
 
 
 def aligned(domain: str, from_domain: str) -> bool:
-    """Relaxed DMARC alignment, approximated without the public suffix list: same domain or a subdomain."""
-    domain, from_domain = domain.strip(".").lower(), from_domain.strip(".").lower()
-    if not domain or not from_domain:
-        return False
-    return domain == from_domain or from_domain.endswith("." + domain) or domain.endswith("." + from_domain)
+    """Relaxed DMARC alignment (RFC 7489 3.1): both under one organizational domain, which a public
+    suffix is not (`evil.co.uk` does not speak for `co.uk`, nor `co.uk` for `bank.co.uk`)."""
+    org = organization(domain)
+    return org is not None and org == organization(from_domain)
 
 
 def _prop(result, ptype: str, name: str) -> str:
@@ -182,39 +219,97 @@ def _authserv_id(value: str) -> str:
     return head[0].lower() if head else ""
 
 
+_METHODS = ("dmarc", "dkim", "spf")  # the results a verdict is made of
+_STATED = re.compile(r"(?<![\w.-])(dmarc|dkim|spf)(?:/[0-9]+)?[ \t]*=[ \t]*([a-z]+)", re.IGNORECASE)
+
+
+def _bare(value: str) -> str | None:
+    """The header without its comments and quoted strings (RFC 5322 CFWS), or None if one is left open."""
+    out, depth, quoted, chars = [], 0, False, iter(value)
+    for c in chars:
+        if c == "\\" and (depth or quoted):
+            next(chars, None)
+        elif quoted:
+            quoted = c != '"'
+        elif c == "(":
+            depth += 1
+        elif c == ")" and depth:
+            depth -= 1
+        elif c == '"' and not depth:
+            quoted = True
+        elif not depth:
+            out.append(c)
+    return None if depth or quoted else "".join(out)
+
+
+def _results(value: str) -> list[tuple[str, str, object]] | None:
+    """The (method, result, parsed result) of one header, or None unless it reads the same two ways.
+
+    A hostile address the MTA copied into the header can make the parser fail, or silently swallow a
+    result (`smtp.mailfrom=x(y@bank.example; dmarc=fail`: the rest reads as a comment). So the DMARC,
+    DKIM and SPF results it finds must be exactly those stated outside comments and quotes."""
+    try:
+        header = authres.AuthenticationResultsHeader.parse_value(value)
+    except Exception:  # authres.AuthResError, and whatever hostile input finds
+        return None
+    results = [((r.method or "").lower(), (r.result or "").lower(), r) for r in header.results]
+    bare = _bare(value.partition(";")[2])
+    if bare is None:
+        return None
+    stated = sorted((m.lower(), r.lower()) for m, r in _STATED.findall(bare))
+    return results if stated == sorted((m, res) for m, res, _ in results if m in _METHODS) else None
+
+
+def _disagree(headers: list[list[tuple[str, str, object]]]) -> str | None:
+    """The method two trusted headers report different results for, if any. (One MTA may write a header
+    per filter, e.g. OpenDKIM's and OpenDMARC's: different methods are no disagreement.)"""
+    for method in _METHODS:
+        seen = {frozenset(res for m, res, _ in h if m == method) for h in headers}
+        if len(seen - {frozenset()}) > 1:
+            return method
+    return None
+
+
 def authentication(values: list[str], authserv_id: str, from_domain: str) -> Authentication:
-    """The verdict of the topmost Authentication-Results header written by `authserv_id` (RFC 8601).
+    """The verdict of the Authentication-Results headers written by `authserv_id` (RFC 8601) on
+    `from_domain`, the domain of the From address ticketmail uses.
 
     The MTA in front must strip incoming headers that claim its id; headers of any other id are
-    ignored, since anyone can write them."""
+    ignored, since anyone can write them. What cannot be read for certain fails closed."""
     trusted = authserv_id.strip().lower()
     if not trusted:
         return Authentication("none", "no trusted_authserv_id configured: the sender is not authenticated")
-    value = next((v for v in values if _authserv_id(v) == trusted), None)
-    if value is None:
+    mine = [v for v in values if _authserv_id(v) == trusted]
+    if not mine:
         return Authentication("none", f"no Authentication-Results from {authserv_id}")
-    try:
-        header = authres.AuthenticationResultsHeader.parse_value(value)
-    except Exception as e:  # authres.AuthResError, and whatever hostile input finds
-        return Authentication("none", f"Authentication-Results from {authserv_id} unreadable ({e})")
-    results = [((r.method or "").lower(), (r.result or "").lower(), r) for r in header.results]
+    read = [_results(v) for v in mine]
+    if None in read:
+        return Authentication("fail", f"Authentication-Results from {authserv_id} unreadable, so not trusted")
+    results = [r for header in read for r in header]
     summary = ", ".join(f"{m}={res}" for m, res, _ in results) or "no results"
     where = f"Authentication-Results of {authserv_id}: {summary}"
-    dkim_aligned = any(
-        m == "dkim" and res == "pass"
-        and aligned(_prop(r, "header", "d") or domain_of(_prop(r, "header", "i")), from_domain)
-        for m, res, r in results
-    )
-    spf_aligned = any(
-        m == "spf" and res == "pass"
-        and aligned(domain_of(_prop(r, "smtp", "mailfrom") or _prop(r, "smtp", "helo")), from_domain)
-        for m, res, r in results
-    )
+    if method := _disagree(read):
+        return Authentication("fail", f"{where} (its headers disagree on {method})")
+    return _verdict(results, from_domain, where)
+
+
+def _verdict(results: list[tuple[str, str, object]], from_domain: str, where: str) -> Authentication:
+    """DMARC for exactly `from_domain`, or DKIM / SPF aligned with it."""
+    from_domain = from_domain.strip(".").lower()
+    judged = {_prop(r, "header", "from").strip(".").lower() for m, _, r in results if m == "dmarc"} - {""}
+    if judged - {from_domain}:  # the MTA read another From than we do: the header is ambiguous
+        return Authentication("fail", f"{where} (DMARC judged {', '.join(sorted(judged))}, "
+                                      f"the From address is at {from_domain})")
+    dmarc_pass = any(m == "dmarc" and res == "pass" and _prop(r, "header", "from") for m, res, r in results)
+    dkim_aligned = any(m == "dkim" and res == "pass" and aligned(_prop(r, "header", "d"), from_domain)
+                       for m, res, r in results)
+    spf_aligned = any(m == "spf" and res == "pass" and aligned(domain_of(_prop(r, "smtp", "mailfrom")), from_domain)
+                      for m, res, r in results)
     if any(m == "dmarc" and res == "fail" for m, res, _ in results):
         return Authentication("fail", f"{where} (DMARC fail)")
     if any(m == "spf" and res == "fail" for m, res, _ in results) and not dkim_aligned:
         return Authentication("fail", f"{where} (SPF fail and no aligned DKIM pass)")
-    if dkim_aligned or spf_aligned or any(m == "dmarc" and res == "pass" for m, res, _ in results):
+    if dmarc_pass or dkim_aligned or spf_aligned:
         return Authentication("pass", f"{where} ({from_domain} authenticated)")
     return Authentication("none", f"{where} (nothing authenticates {from_domain})")
 
@@ -222,13 +317,18 @@ def authentication(values: list[str], authserv_id: str, from_domain: str) -> Aut
 # --- rate caps ---
 
 
-def over_cap(recent: RecentChallenges, s: ChallengeSettings) -> str | None:
-    """Which cap another challenge would exceed, or None."""
+def over_cap(recent: RecentChallenges, s: ChallengeSettings, authenticated: bool) -> str | None:
+    """Which cap another challenge would exceed, or None. Unauthenticated senders have a budget of their
+    own, so that a flood of forged ones cannot use up what senders whose mail passed DMARC/SPF/DKIM get."""
     if recent.sender_day >= s.per_sender_daily:
-        return f"{recent.sender_day} challenges to this sender in 24 hours (per_sender_daily = {s.per_sender_daily})"
+        return (f"{recent.sender_day} challenges to this mailbox in 24 hours "
+                f"(per_sender_daily = {s.per_sender_daily})")
     if recent.domain_hour >= s.per_domain_hourly:
         return (f"{recent.domain_hour} challenges to this domain in the last hour "
                 f"(per_domain_hourly = {s.per_domain_hourly})")
+    if not authenticated and recent.unauthenticated_hour >= s.unauthenticated_hourly:
+        return (f"{recent.unauthenticated_hour} challenges to unauthenticated senders in the last hour "
+                f"(unauthenticated_hourly = {s.unauthenticated_hourly})")
     if recent.total_hour >= s.total_hourly:
         return f"{recent.total_hour} challenges in the last hour (total_hourly = {s.total_hourly})"
     return None
@@ -242,9 +342,11 @@ class Plan:
     """What the challenge step decided for a held message."""
 
     reason: str  # why it is held: the Decision's reason
-    wait: bool = False  # it is released when its sender confirms
+    wait: bool = False  # it is released when its sender's mailbox confirms
     send: bool = False  # open a new challenge and mail it
-    join: Challenge | None = None  # the sender's open challenge it waits with
+    join: Challenge | None = None  # the mailbox's open challenge it waits with
+    capped: bool = False  # a cap stopped its challenge: the sweeper opens one when the budget allows
+    authenticated: bool = False  # the trusted MTA authenticated the sender (which budget it uses)
 
 
 def blocked(ctx) -> bool:
@@ -264,33 +366,38 @@ def plan(ctx) -> Plan:
     auth = authentication(ctx.parsed.header("Authentication-Results"), s.trusted_authserv_id, domain_of(address))
     ctx.note("authentication", auth.detail)
     if auth.status == "fail":
-        return Plan(f"unknown sender {address} held for review, no challenge (probably forged): {auth.detail}")
+        return Plan(f"unknown sender {address} held for review, no challenge: {auth.detail}")
     if auth.status == "none" and not s.challenge_unauthenticated:
         return Plan(f"unknown sender {address} held for review, no challenge: not authenticated "
                     "(challenge_unauthenticated = false)")
-    pending = challenge_store.open_challenge(ctx.session, address, utcnow())
+    authenticated = auth.status == "pass"
+    box = mailbox(address, s.subaddress_separator)
+    pending = challenge_store.open_challenge(ctx.session, box, utcnow())
     if pending:
         return Plan(f"unknown sender {address} held: waits for the challenge sent "
-                    f"{pending.created_at:%Y-%m-%d %H:%M} UTC", wait=True, join=pending)
+                    f"{pending.created_at:%Y-%m-%d %H:%M} UTC", wait=True, join=pending, authenticated=authenticated)
     if from_address(ctx) is None:
         return Plan(f"unknown sender {address} held, no challenge: {ctx.department.name} has no address "
-                    "to send one from", wait=True)
-    capped = over_cap(challenge_store.recent_challenges(ctx.session, address, domain_of(address), utcnow()), s)
+                    "of its own to send one from", wait=True, authenticated=authenticated)
+    capped = over_cap(challenge_store.recent_challenges(ctx.session, box, cap_domain(box), utcnow()), s,
+                      authenticated)
     if capped:
-        ctx.note("challenge-capped", f"no challenge sent: {capped}")
-        return Plan(f"unknown sender {address} held, waiting for a later challenge: {capped}", wait=True)
+        ctx.note("challenge-capped", f"no challenge sent yet: {capped}")
+        return Plan(f"unknown sender {address} held, challenged once the budget allows: {capped}", wait=True,
+                    capped=True, authenticated=authenticated)
     return Plan(f"unknown sender {address} held: {ctx.department.name} challenges unknown senders",
-                wait=True, send=True)
+                wait=True, send=True, authenticated=authenticated)
 
 
 def from_address(ctx) -> str | None:
-    """The department address the challenge comes from: the one written to, else its first."""
+    """The department address the challenge comes from: the one written to if it is one of the
+    department's own (literal) addresses, else the first of them; None if it has none.
+
+    Never an address a catch-all (`*@help.example`) matched: the sender chose that one, and would have
+    us send `From: it-security.password-expired@help.example`."""
+    own = [a for a, d in ctx.directory.addresses.items() if d.id == ctx.department.id and mailer.mailable(a)]
     recipient = ctx.recipient.strip().lower()
-    owner = ctx.directory.department_for(recipient)
-    if owner is not None and owner.id == ctx.department.id and mailer.mailable(recipient):
-        return recipient
-    own = sorted(a for a, d in ctx.directory.addresses.items() if d.id == ctx.department.id)
-    return own[0] if own else None
+    return recipient if recipient in own else next(iter(own), None)
 
 
 def carry_out(ctx, message: Message) -> None:
@@ -300,13 +407,18 @@ def carry_out(ctx, message: Message) -> None:
         return
     challenge = p.join
     if p.send:
-        challenge = _open(ctx, message)
-    challenge_store.add_wait(ctx.session, message, ctx.sender_address, challenge)
+        challenge = open_challenge(ctx, message, authenticated=p.authenticated)
+    box = mailbox(ctx.sender_address, (ctx.settings or DEFAULT).subaddress_separator)
+    challenge_store.add_wait(ctx.session, message, ctx.sender_address, box, challenge,
+                             authenticated=p.authenticated, capped=p.capped)
 
 
-def _open(ctx, message: Message) -> Challenge | None:
+def open_challenge(ctx, message: Message, *, authenticated: bool) -> Challenge | None:
+    """A new challenge of the sender's mailbox and its outbox mail, in the caller's transaction; None
+    if the mail could not be built (noted on the message)."""
     s = ctx.settings or DEFAULT
     now, address, sender_from = utcnow(), ctx.sender_address, from_address(ctx)
+    box = mailbox(address, s.subaddress_separator)
     token = new_token()
     expires = now + timedelta(days=s.token_days)
     mail_id = mailer.new_mail_id(domain_of(sender_from))
@@ -322,10 +434,10 @@ def _open(ctx, message: Message) -> Challenge | None:
     except Exception as e:  # an operator's broken template must not make the MTA retry forever
         ctx.note("challenge-failed", f"no challenge sent: the challenge mail could not be built ({e!r})")
         return None
-    challenge_store.expire_stale(ctx.session, address, now)  # frees the one-open-challenge slot
-    challenge = Challenge(token_hash=token_hash(token), sender=address, domain=domain_of(address),
-                          department_id=ctx.department.id, state="open", created_at=now, expires_at=expires,
-                          tickets=[], closed_reason="", mail_id=mail_id)
+    challenge_store.expire_stale(ctx.session, box, now)  # frees the one-open-challenge slot
+    challenge = Challenge(token_hash=token_hash(token), sender=address, mailbox=box, domain=cap_domain(box),
+                          authenticated=authenticated, department_id=ctx.department.id, state="open",
+                          created_at=now, expires_at=expires, tickets=[], closed_reason="", mail_id=mail_id)
     challenge_store.add_challenge(ctx.session, challenge, Outbox(
         challenge=challenge, held_message=message, mail_from="", rcpt_to=address, mail_id=mail_id,
         content=content, state="pending", attempts=0, next_attempt_at=now, expires_at=expires, created_at=now,

@@ -69,11 +69,12 @@ def pending(session, token: str) -> Pending:
         raise _gone(state)
     department = session.get(Department, challenge.department_id)
     return Pending(challenge.sender, department.name if department else "",
-                   challenge_store.waiting_count(session, challenge.sender), aware(challenge.expires_at))
+                   challenge_store.mailbox_waiting_count(session, challenge.mailbox), aware(challenge.expires_at))
 
 
 def confirm(session, token: str, *, ticket_prefix: str) -> list[int]:
-    """Confirm the challenge of `token` and release the sender's waiting mail; returns the ticket numbers.
+    """Confirm the challenge of `token` and release the waiting mail of its mailbox (`victim+1@` and
+    `victim@` alike: whoever reads the one reads the other); returns the ticket numbers.
 
     Confirming again returns the first confirmation's tickets and releases nothing."""
     now = utcnow()
@@ -83,7 +84,7 @@ def confirm(session, token: str, *, ticket_prefix: str) -> list[int]:
             return list(challenge.tickets)
         raise _gone(_state(challenge, now))
     challenge = _find(session, token)
-    messages = challenge_store.waiting_messages(session, challenge.sender)
+    messages = challenge_store.waiting_messages(session, challenge.mailbox)
     verify(session, challenge.sender, messages[0].from_name if messages else "")
     numbers = [release(session, m, ticket_prefix=ticket_prefix, by=f"{challenge.sender} confirming the challenge")
                for m in messages]

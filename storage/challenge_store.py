@@ -1,7 +1,8 @@
 """The queries and writes of challenge-response: plain functions of a synchronous Session (as store.py).
 
-Single use and "one open challenge per sender" are enforced by the database (a conditional UPDATE, a
-partial unique index), so they hold across processes sharing PostgreSQL, not only within one.
+Single use and "one open challenge per mailbox" are enforced by the database (a conditional UPDATE, a
+partial unique index), so they hold across processes sharing PostgreSQL, not only within one. A mailbox
+is an address as the caps count it (ingest.challenges.mailbox: no case, no sub-address tag).
 
 The pipeline's lookups run without autoflush: a flush per message would write each of a group's
 messages on its own instead of in one batch (see store.prefetch_customers). Challenges opened earlier
@@ -69,21 +70,29 @@ def add_challenge(session, challenge: Challenge, outbox: Outbox) -> None:
     session.info.setdefault("new_challenges", []).append(challenge)
 
 
-def open_challenge(session, sender: str, now: datetime) -> Challenge | None:
-    """The sender's challenge whose link still works, if any."""
+def open_challenge(session, mailbox: str, now: datetime) -> Challenge | None:
+    """The mailbox's challenge whose link still works, if any."""
     with session.no_autoflush:
         found = session.scalar(
-            select(Challenge).where(Challenge.sender == sender, Challenge.state == "open", Challenge.expires_at > now)
+            select(Challenge).where(Challenge.mailbox == mailbox, Challenge.state == "open",
+                                    Challenge.expires_at > now)
         )
-    return found or next((c for c in _unflushed(session) if c.sender == sender and c.state == "open"), None)
+    return found or next((c for c in _unflushed(session) if c.mailbox == mailbox and c.state == "open"), None)
 
 
-def expire_stale(session, sender: str, now: datetime) -> None:
-    """Mark the sender's run-out challenge expired, so that a new one may be opened."""
+def challenged_since(session, mailbox: str, since: datetime) -> bool:
+    """Whether the mailbox got a challenge at or after `since` (whatever became of it)."""
+    return session.scalar(
+        select(func.count()).select_from(Challenge).where(Challenge.mailbox == mailbox, Challenge.created_at >= since)
+    ) > 0
+
+
+def expire_stale(session, mailbox: str, now: datetime) -> None:
+    """Mark the mailbox's run-out challenge expired, so that a new one may be opened."""
     with session.no_autoflush:
         session.execute(
             update(Challenge)
-            .where(Challenge.sender == sender, Challenge.state == "open", Challenge.expires_at <= now)
+            .where(Challenge.mailbox == mailbox, Challenge.state == "open", Challenge.expires_at <= now)
             .values(state="expired")
             .execution_options(synchronize_session=False)
         )
@@ -91,26 +100,40 @@ def expire_stale(session, sender: str, now: datetime) -> None:
 
 @dataclass(frozen=True)
 class RecentChallenges:
-    sender_day: int  # to this sender in the last 24 hours
-    domain_hour: int  # to this domain in the last hour
+    sender_day: int  # to this mailbox in the last 24 hours
+    domain_hour: int  # to this (registrable) domain in the last hour
     total_hour: int  # to anyone in the last hour
+    unauthenticated_hour: int = 0  # to senders the trusted MTA did not authenticate, in the last hour
 
 
-def recent_challenges(session, sender: str, domain: str, now: datetime) -> RecentChallenges:
+def recent_challenges(session, mailbox: str, domain: str, now: datetime) -> RecentChallenges:
     hour, day = now - timedelta(hours=1), now - timedelta(days=1)
     query = select(
-        func.count().filter(Challenge.sender == sender),
+        func.count().filter(Challenge.mailbox == mailbox),
         func.count().filter(Challenge.domain == domain, Challenge.created_at > hour),
         func.count().filter(Challenge.created_at > hour),
+        func.count().filter(Challenge.authenticated.is_(False), Challenge.created_at > hour),
     ).where(Challenge.created_at > day)
     with session.no_autoflush:
         stored = session.execute(query).one()
     new = _unflushed(session)
     return RecentChallenges(
-        sender_day=stored[0] + sum(c.sender == sender for c in new),
+        sender_day=stored[0] + sum(c.mailbox == mailbox for c in new),
         domain_hour=stored[1] + sum(c.domain == domain for c in new),
         total_hour=stored[2] + len(new),
+        unauthenticated_hour=stored[3] + sum(not c.authenticated for c in new),
     )
+
+
+# Drains of capped mail in several processes take turns on this PostgreSQL advisory lock.
+_DRAIN_LOCK = 0x7469636B  # "tick"
+
+
+def lock_budget(session) -> None:
+    """Hold the challenge budget until this transaction ends, so that two processes' drains do not both
+    spend the same room (SQLite's writers take turns anyway)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(_DRAIN_LOCK)))
 
 
 def challenge_by_hash(session, token_hash: str) -> Challenge | None:
@@ -156,22 +179,47 @@ def expire_challenges(session, now: datetime) -> int:
 # --- held mail waiting for a confirmation ---
 
 
-def add_wait(session, message: Message, sender: str, challenge: Challenge | None) -> None:
-    session.add(ChallengeWait(message=message, sender=sender, challenge=challenge))
+def add_wait(session, message: Message, sender: str, mailbox: str, challenge: Challenge | None, *,
+             authenticated: bool, capped: bool) -> None:
+    session.add(ChallengeWait(message=message, sender=sender, mailbox=mailbox, challenge=challenge,
+                              authenticated=authenticated, capped=capped))
 
 
-def waiting_messages(session, sender: str) -> list[Message]:
-    """The sender's held mail waiting for a confirmation, in arrival order."""
+def waiting_messages(session, mailbox: str) -> list[Message]:
+    """The mailbox's held mail waiting for a confirmation (from any spelling of it), in arrival order."""
     rows = session.scalars(
         select(Message)
         .join(ChallengeWait, ChallengeWait.message_id == Message.id)
-        .where(ChallengeWait.sender == sender, Message.status == "held")
+        .where(ChallengeWait.mailbox == mailbox, Message.status == "held")
         .order_by(Message.received_at, Message.id)
     )
     return list(rows)
 
 
+def mailbox_waiting_count(session, mailbox: str) -> int:
+    """How many messages a confirmation of the mailbox would release."""
+    return session.scalar(
+        select(func.count(Message.id))
+        .join(ChallengeWait, ChallengeWait.message_id == Message.id)
+        .where(ChallengeWait.mailbox == mailbox, Message.status == "held")
+    ) or 0
+
+
+def capped_waits(session, limit: int) -> list[tuple[ChallengeWait, datetime]]:
+    """Held mail a cap kept from being challenged, with its arrival: authenticated senders first, then
+    oldest first."""
+    rows = session.execute(
+        select(ChallengeWait, Message.received_at)
+        .join(Message, ChallengeWait.message_id == Message.id)
+        .where(ChallengeWait.capped.is_(True), Message.status == "held")
+        .order_by(ChallengeWait.authenticated.desc(), Message.received_at, Message.id)
+        .limit(limit)
+    )
+    return [tuple(r) for r in rows]
+
+
 def waiting_count(session, sender: str) -> int:
+    """How many held messages of exactly this address wait for a confirmation."""
     return session.scalar(
         select(func.count(Message.id))
         .join(ChallengeWait, ChallengeWait.message_id == Message.id)

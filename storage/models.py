@@ -42,8 +42,8 @@ class Department(Base):
     # challenge | accept | reject | hold
     unknown_sender: Mapped[str] = mapped_column(String(20), default="challenge")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    addresses: Mapped[list[DepartmentAddress]] = relationship(
-        back_populates="department", lazy="raise", cascade="all, delete-orphan"
+    addresses: Mapped[list[DepartmentAddress]] = relationship(  # in the order given: challenges come from the first
+        back_populates="department", lazy="raise", cascade="all, delete-orphan", order_by="DepartmentAddress.id"
     )
 
 
@@ -168,8 +168,10 @@ class Challenge(Base):
     __tablename__ = "challenges"
     id: Mapped[int] = mapped_column(primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    sender: Mapped[str] = mapped_column(String(320))
-    domain: Mapped[str] = mapped_column(String(255))  # the sender's, for the per-domain cap
+    sender: Mapped[str] = mapped_column(String(320))  # the address it is mailed to
+    mailbox: Mapped[str] = mapped_column(String(320))  # the sender without case or sub-address tag, for the caps
+    domain: Mapped[str] = mapped_column(String(255))  # the mailbox's registrable domain, for the per-domain cap
+    authenticated: Mapped[bool] = mapped_column(Boolean, default=False)  # which hourly budget it used
     department_id: Mapped[int] = mapped_column(ForeignKey("departments.id", ondelete="CASCADE"))
     state: Mapped[str] = mapped_column(String(20), default="open")  # open | confirmed | expired | closed
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -180,10 +182,10 @@ class Challenge(Base):
     mail_id: Mapped[str] = mapped_column(String(998))  # the challenge mail's Message-ID
 
 
-# At most one open challenge per sender, even with several processes deciding at once.
-Index("uq_challenges_open_sender", Challenge.sender, unique=True,
+# At most one open challenge per mailbox, even with several processes deciding at once.
+Index("uq_challenges_open_mailbox", Challenge.mailbox, unique=True,
       sqlite_where=Challenge.state == "open", postgresql_where=Challenge.state == "open")
-Index("ix_challenges_sender_created", Challenge.sender, Challenge.created_at)
+Index("ix_challenges_mailbox_created", Challenge.mailbox, Challenge.created_at)
 Index("ix_challenges_domain_created", Challenge.domain, Challenge.created_at)
 Index("ix_challenges_created", Challenge.created_at)
 
@@ -194,8 +196,11 @@ class ChallengeWait(Base):
     __tablename__ = "challenge_waits"
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
     sender: Mapped[str] = mapped_column(String(320), index=True)
+    mailbox: Mapped[str] = mapped_column(String(320), index=True)  # a confirmation of it releases the message
     # The challenge it joined; None when a rate cap stopped the challenge (it still waits for the next one).
     challenge_id: Mapped[int | None] = mapped_column(ForeignKey("challenges.id", ondelete="SET NULL"), index=True)
+    authenticated: Mapped[bool] = mapped_column(Boolean, default=False)  # the trusted MTA authenticated it
+    capped: Mapped[bool] = mapped_column(Boolean, default=False, index=True)  # to be challenged when the budget allows
     message: Mapped[Message] = relationship(lazy="raise")
     challenge: Mapped[Challenge | None] = relationship(lazy="raise")
 

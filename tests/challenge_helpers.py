@@ -150,7 +150,7 @@ async def start_desk(db: Database, configure=None, *, sink_port: int | None = No
     outbox = OutboxSender(db, config.smtp, interval=0.05, retry_base=retry_base)
     await outbox.start()
     sweeper = Sweeper(db, held_days=config.challenge.held_days, keep_for_review=config.challenge.keep_for_review,
-                      ticket_prefix=config.ticket_prefix, interval=3600)
+                      ticket_prefix=config.ticket_prefix, challenge=settings_for(config), interval=3600)
     http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
     desk = Desk(db, config, pipeline, lmtp, outbox, sweeper, sink, url, http)
     desk.stops = [http.close, outbox.stop, lambda: lmtp.stop(grace=5), pipeline.stop, runner.cleanup]

@@ -104,7 +104,7 @@ async def test_forged_looking_mail_is_held_for_review_without_a_challenge(cli, d
     held = {h["subject"]: h["reason"] for h in await as_json(cli, "held", "list")}
     assert "held for review, no challenge" in held["dmarc"] and "DMARC fail" in held["dmarc"]
     assert "SPF fail and no aligned DKIM pass" in held["spf"]
-    assert "DMARC fail" in held["forged pass"]
+    assert "disagree on dmarc" in held["forged pass"]
 
 
 async def test_unauthenticated_mail_is_not_challenged_when_so_configured(cli, db):
@@ -124,6 +124,69 @@ async def test_unauthenticated_mail_is_not_challenged_when_so_configured(cli, db
     assert mail.rcpt_tos == ["erin@newcomer.example"] and len(desk.sink.received) == 1
     held = {h["subject"]: h["reason"] for h in await as_json(cli, "held", "list")}
     assert "challenge_unauthenticated = false" in held["no header"]
+
+
+async def test_a_trusted_header_that_cannot_be_trusted_holds_for_review(cli, db):
+    """Each of these was challenged before (issue 7 C), although the MTA's verdict was not a pass for the
+    From address, or could not be read."""
+    def trust_mx(config):
+        config.challenge.trusted_authserv_id = MX  # challenge_unauthenticated stays true
+
+    desk = await helpdesk(cli, db, trust_mx)
+    try:
+        unreadable = await desk.deliver(message(
+            frm="victim@bank.example", subject="unreadable", Authentication_Results=(
+                f'{MX}; spf=fail (sender "x(y"@bank.example) smtp.mailfrom=bank.example; '
+                "dmarc=fail header.from=bank.example")), sender='"x(y"@bank.example')
+        ambiguous = await desk.deliver(message(frm="victim@bank.example <attacker@evil.example>", subject="ambiguous",
+                                               Authentication_Results=f"{MX}; dmarc=pass header.from=evil.example"),
+                                       sender="attacker@evil.example")
+        disagreeing = await desk.deliver(
+            (f"Authentication-Results: {MX}; dmarc=pass header.from=bank.example\r\n".encode()
+             + message(frm="teller@bank.example", subject="disagreeing",
+                       Authentication_Results=f"{MX}; dmarc=fail header.from=bank.example")),
+            sender="teller@bank.example")
+        suffix = await desk.deliver(message(frm="owner@co.uk", subject="suffix",
+                                            Authentication_Results=f"{MX}; dkim=pass header.d=evil.co.uk; spf=fail"),
+                                    sender="owner@co.uk")
+        good = await desk.deliver(message(frm="erin@newcomer.example", subject="good", Authentication_Results=(
+            f"{MX}; dkim=pass header.d=newcomer.example")), sender="erin@newcomer.example")
+        [mail] = await desk.sink.wait_for(1)
+        await desk.outbox.run_once()
+    finally:
+        await stop_desk(desk)
+    assert {o.status for o in (unreadable, ambiguous, disagreeing, suffix, good)} == {"held"}
+    assert mail.rcpt_tos == ["erin@newcomer.example"] and len(desk.sink.received) == 1
+    held = {h["subject"]: h["reason"] for h in await as_json(cli, "held", "list")}
+    for subject in ("unreadable", "ambiguous", "disagreeing", "suffix"):
+        assert "held for review, no challenge" in held[subject], held[subject]
+    assert "unreadable" in held["unreadable"] and "DMARC judged evil.example" in held["ambiguous"]
+    assert "disagree on dmarc" in held["disagreeing"] and "no aligned DKIM pass" in held["suffix"]
+
+
+async def test_a_catch_all_department_challenges_from_its_own_address_only(cli, db):
+    """The challenge went out From the address the attacker wrote to (issue 7 D)."""
+    for name, addresses in (("Help", ["*@help.example", "desk@help.example", "other@help.example"]),
+                            ("Wild", ["*@wild.example"])):
+        argv = [a for address in addresses for a in ("--address", address)]
+        code, _, err = await cli("department", "add", name, *argv, "--unknown-sender", "challenge")
+        assert code == 0, err
+    desk = await start_desk(db)
+    try:
+        chosen = "it-security.password-expired@help.example"
+        helped = await desk.deliver(message(frm=BOB, to=chosen, subject="catch-all"), recipient=chosen)
+        wild = await desk.deliver(message(frm="carol@newcomer.example", to="x@wild.example", subject="wild"),
+                                  sender="carol@newcomer.example", recipient="x@wild.example")
+        [mail] = await desk.sink.wait_for(1)
+        await desk.outbox.run_once()
+    finally:
+        await stop_desk(desk)
+    assert (helped.status, wild.status) == ("held", "held") and len(desk.sink.received) == 1
+    sent_from = mail.message["From"].addresses[0]
+    assert (sent_from.addr_spec, sent_from.display_name) == ("desk@help.example", "Help")  # the first literal one
+    assert chosen not in mail.content.decode() and mail.rcpt_tos == [BOB]
+    held = {h["subject"]: h["reason"] for h in await as_json(cli, "held", "list")}
+    assert "no challenge: Wild has no address of its own to send one from" in held["wild"]
 
 
 async def test_a_thousand_unknown_senders_get_a_bounded_number_of_challenges(cli, db):

@@ -13,6 +13,9 @@ from ingest.challenges import (
     ChallengeSettings,
     aligned,
     authentication,
+    cap_domain,
+    domain_of,
+    mailbox,
     over_cap,
     robot_address,
     suppression,
@@ -132,28 +135,116 @@ def test_authentication_results(results, status):
     assert verdict(f"{MX}; {results}").status == status
 
 
-def test_topmost_trusted_header_wins_over_a_forged_one_below_it():
+def test_a_forged_trusted_header_below_the_real_one_cannot_turn_a_fail_into_a_pass():
     real, forged = f"{MX}; dmarc=fail header.from=newcomer.example", f"{MX}; dmarc=pass header.from=newcomer.example"
     assert verdict(real, forged).status == "fail"
     assert verdict("MX.XYZHOSTING.COM 1; dmarc=fail").status == "fail"  # authserv-id is case-insensitive
 
 
-def test_unreadable_trusted_header_authenticates_nothing():
-    result = verdict(f"{MX}; ;;; = =")
-    assert result.status == "none" and "unreadable" in result.detail
+def test_trusted_headers_that_disagree_fail():
+    # Today's topmost-wins read these as pass: a second header of our MTA's id saying otherwise is a sign
+    # that one of them is forged (or the MTA is confused), so neither is believed.
+    dmarc = verdict(f"{MX}; dmarc=pass header.from=newcomer.example", f"{MX}; dmarc=fail header.from=newcomer.example")
+    spf = verdict(f"{MX}; spf=pass smtp.mailfrom=bob@newcomer.example",
+                  f"{MX}; spf=fail smtp.mailfrom=bob@newcomer.example")
+    assert (dmarc.status, spf.status) == ("fail", "fail")
+    assert "disagree on dmarc" in dmarc.detail and "disagree on spf" in spf.detail
+
+
+def test_one_mta_may_write_a_header_per_filter():
+    # OpenDKIM and OpenDMARC behind one Postfix each add their own header with the same id.
+    assert verdict(f"{MX}; dkim=pass header.d=newcomer.example",
+                   f"{MX}; dmarc=pass header.from=newcomer.example").status == "pass"
+    assert verdict(f"{MX}; spf=pass smtp.mailfrom=bob@newcomer.example",
+                   f"{MX}; dmarc=fail header.from=newcomer.example").status == "fail"
+
+
+@pytest.mark.parametrize("header", [
+    f"{MX}; ;;; = =",
+    # The MTA copied a hostile "x(y"@bank.example into a comment: the parser gives up.
+    f'{MX}; spf=fail (sender "x(y"@bank.example) smtp.mailfrom=bank.example; dmarc=fail header.from=bank.example',
+    # ... or, unquoted, silently reads the rest as a comment and loses the dmarc=fail.
+    f"{MX}; spf=pass smtp.mailfrom=x(y@bank.example; dmarc=fail header.from=bank.example",
+    # A result inside a value: the parser sees one result, the text states two.
+    f"{MX}; dkim=pass header.d=bank.example;dmarc=fail header.from=bank.example header.b=spf=pass",
+])
+def test_a_trusted_header_that_cannot_be_read_for_certain_fails_closed(header):
+    result = verdict(header, domain="bank.example")
+    assert result.status == "fail" and "unreadable" in result.detail
+
+
+def test_what_comments_and_quotes_say_is_not_a_result():
+    quoted = f'{MX}; spf=pass smtp.mailfrom="x(y"@bank.example; dmarc=pass header.from=bank.example'
+    # Gmail's ARC result repeats the other results inside a comment.
+    arc = (f"{MX}; arc=pass (i=1 spf=pass spfdomain=bank.example dkim=pass dkdomain=bank.example dmarc=pass "
+           "fromdomain=bank.example); dkim=pass header.i=@bank.example header.s=s1 header.b=abc; "
+           "spf=pass (mx: domain of bob@bank.example designates 192.0.2.1 as permitted sender) "
+           "smtp.mailfrom=bob@bank.example; dmarc=pass (p=REJECT sp=REJECT dis=NONE) header.from=bank.example")
+    assert verdict(quoted, domain="bank.example").status == "pass"
+    assert verdict(arc, domain="bank.example").status == "pass"
+
+
+def test_dmarc_counts_only_for_the_from_address_ticketmail_uses():
+    # Python reads this From as victim@bank.example; the MTA judged evil.example.
+    parsed = parse_message(message(frm="victim@bank.example <attacker@evil.example>"))
+    result = verdict(f"{MX}; dmarc=pass header.from=evil.example", domain=domain_of(parsed.from_addr))
+    assert parsed.from_addr == "victim@bank.example"
+    assert result.status == "fail" and "DMARC judged evil.example" in result.detail
+    assert verdict(f"{MX}; dmarc=pass", domain="bank.example").status == "none"  # for whom? not for us
+
+
+@pytest.mark.parametrize("results, from_domain, status", [
+    ("dkim=pass header.d=evil.co.uk", "co.uk", "none"),  # a public suffix is nobody's organisation
+    ("dkim=pass header.d=co.uk", "bank.co.uk", "none"),
+    ("spf=pass smtp.mailfrom=bounce@evil.co.uk", "co.uk", "none"),
+    ("dkim=pass header.d=evil.co.uk", "bank.co.uk", "none"),
+    ("dkim=pass header.d=mail.bank.co.uk", "bank.co.uk", "pass"),
+    ("dkim=pass header.d=mail.bank.example", "news.bank.example", "pass"),  # relaxed: one organisation
+    ("spf=pass smtp.mailfrom=bounce@mail.bank.example", "news.bank.example", "pass"),
+    ("dkim=pass header.d=evil.github.io", "victim.github.io", "none"),  # private suffixes count too
+    ("dkim=pass header.i=@bank.example", "bank.example", "none"),  # the signing domain is header.d
+])
+def test_alignment_uses_the_public_suffix_list(results, from_domain, status):
+    assert verdict(f"{MX}; {results}", domain=from_domain).status == status
 
 
 def test_alignment_is_relaxed_but_not_loose():
     assert aligned("newcomer.example", "mail.newcomer.example") and aligned("NEWCOMER.example.", "newcomer.example")
     assert not aligned("comer.example", "newcomer.example") and not aligned("", "newcomer.example")
+    assert not aligned("evil.co.uk", "co.uk") and not aligned("co.uk", "co.uk")
+
+
+@pytest.mark.parametrize("address, separators, box", [
+    ("Victim+1@Bank.Example", "+", "victim@bank.example"),
+    ("victim+a+b@bank.example", "+", "victim@bank.example"),
+    ("victim-news@bank.example", "+", "victim-news@bank.example"),
+    ("victim-news@bank.example", "+-", "victim@bank.example"),
+    ("victim+1@bank.example", "", "victim+1@bank.example"),
+    ("+1@bank.example", "+", "+1@bank.example"),  # nothing left before the tag: kept whole
+])
+def test_a_mailbox_is_an_address_without_case_or_tag(address, separators, box):
+    assert mailbox(address, separators) == box
+
+
+def test_the_per_domain_cap_counts_the_registrable_domain():
+    assert cap_domain("a@mail.bank.example") == cap_domain("b@news.bank.example") == "bank.example"
+    assert cap_domain("a@evil.co.uk") == "evil.co.uk" and cap_domain("a@co.uk") == "co.uk"
 
 
 def test_rate_caps():
-    s = ChallengeSettings(per_sender_daily=3, per_domain_hourly=20, total_hourly=200)
-    assert over_cap(RecentChallenges(2, 19, 199), s) is None
-    assert "per_sender_daily = 3" in over_cap(RecentChallenges(3, 0, 0), s)
-    assert "per_domain_hourly = 20" in over_cap(RecentChallenges(0, 20, 0), s)
-    assert "total_hourly = 200" in over_cap(RecentChallenges(0, 0, 200), s)
+    s = ChallengeSettings(per_sender_daily=3, per_domain_hourly=20, unauthenticated_hourly=30, total_hourly=200)
+    assert over_cap(RecentChallenges(2, 19, 199, 29), s, authenticated=False) is None
+    assert "per_sender_daily = 3" in over_cap(RecentChallenges(3, 0, 0), s, authenticated=True)
+    assert "per_domain_hourly = 20" in over_cap(RecentChallenges(0, 20, 0), s, authenticated=True)
+    assert "total_hourly = 200" in over_cap(RecentChallenges(0, 0, 200), s, authenticated=True)
+
+
+def test_unauthenticated_senders_have_a_smaller_budget_of_their_own():
+    s = ChallengeSettings(unauthenticated_hourly=30, total_hourly=200)
+    flood = RecentChallenges(0, 0, 30, unauthenticated_hour=30)
+    assert "unauthenticated_hourly = 30" in over_cap(flood, s, authenticated=False)
+    assert over_cap(flood, s, authenticated=True) is None  # a flood of forged senders leaves the rest
+    assert "total_hourly = 200" in over_cap(RecentChallenges(0, 0, 200, 0), s, authenticated=False)
 
 
 def test_challenge_mail_headers_and_text():

@@ -47,9 +47,11 @@ class Challenge:
     held_days: int = 14
     trusted_authserv_id: str = ""
     challenge_unauthenticated: bool = True
-    per_sender_daily: int = 3  # challenges to one address per 24 hours
-    per_domain_hourly: int = 20  # challenges to one domain per hour
+    per_sender_daily: int = 3  # challenges to one mailbox per 24 hours
+    per_domain_hourly: int = 20  # challenges to one (registrable) domain per hour
+    unauthenticated_hourly: int = 30  # challenges per hour to senders the trusted MTA did not authenticate
     total_hourly: int = 200  # challenges per hour in all
+    subaddress_separator: str = "+"  # each character starts a sub-address tag (victim+1@ is victim@); "" = none
     subject_prefix: str = "Please confirm:"
     contact: str = ""  # whom the challenge names for questions; "" = the department's address
     template_dir: str = ""  # templates here replace the built-in ones of the same name

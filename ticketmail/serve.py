@@ -43,7 +43,7 @@ async def serve(config: Config) -> int:
         await bridge.start(pipeline)  # IMAP accounts: one sync loop each
         outbox = OutboxSender(db, config.smtp)  # challenge mail, sent after the pipeline's commit
         sweeper = Sweeper(db, held_days=config.challenge.held_days, ticket_prefix=config.ticket_prefix,
-                          keep_for_review=config.challenge.keep_for_review)
+                          keep_for_review=config.challenge.keep_for_review, challenge=settings)
         await outbox.start()
         await sweeper.start()
         c = config.lmtp
