@@ -57,7 +57,6 @@ class ParsedMessage:
     references: list[str] = field(default_factory=list)
     from_addr: str = ""
     from_name: str = ""
-    reply_to: str = ""
     to: list[str] = field(default_factory=list)
     cc: list[str] = field(default_factory=list)
     to_names: list[tuple[str, str]] = field(default_factory=list)
@@ -558,12 +557,11 @@ def _parse(raw: bytes, w: _Warnings) -> ParsedMessage:
     message_id, in_reply_to, references = _references(values, w)
     to_names = _addresses(values.get("to", []), "To", w)
     cc_names = _addresses(values.get("cc", []), "Cc", w)
-    reply_to = _addresses(values.get("reply-to", []), "Reply-To", w)
     body = _Body()
     _walk(msg, body, itertools.count(1), "\r\n" if b"\r\n" in raw[:8192] else "\n", w)
     return ParsedMessage(
         message_id=message_id, in_reply_to=in_reply_to, references=references,
-        from_addr=from_addr, from_name=from_name, reply_to=reply_to[0][1] if reply_to else "",
+        from_addr=from_addr, from_name=from_name,
         to=[addr for _, addr in to_names], cc=[addr for _, addr in cc_names],
         to_names=to_names, cc_names=cc_names, subject=subject.strip(),
         date=_date(dates[0], w) if dates else None,

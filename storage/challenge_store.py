@@ -227,10 +227,6 @@ def waiting_count(session, sender: str) -> int:
     ) or 0
 
 
-def wait_of(session, message_id: int) -> ChallengeWait | None:
-    return session.get(ChallengeWait, message_id)
-
-
 def drop_waits(session, message_ids: list[int]) -> None:
     if message_ids:
         session.execute(delete(ChallengeWait).where(ChallengeWait.message_id.in_(message_ids)))
@@ -347,10 +343,6 @@ def abandon_unsent(session, now: datetime) -> int:
         _log(session, mail, "challenge-failed",
              f"challenge mail to {row.rcpt_to} not sent: {row.last_error}; given up")
     return len(rows)
-
-
-def outbox(session) -> list[Outbox]:
-    return list(session.scalars(select(Outbox).order_by(Outbox.id)))
 
 
 def _log(session, mail: Mail, kind: str, detail: str) -> None:
