@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from sqlalchemy import func, select, text
 
+from ingest.lmtp import SHUTTING_DOWN, TEMPFAIL
 from storage.models import Event, Message, Ticket
+from tests import statuscodes as codes
 from tests.conftest import deliver
+from tests.lmtp_session import Session, code_of, until
 from tests.mail import message
 
 SUPPORT = "support@xyzhosting.com"
@@ -31,7 +35,7 @@ async def test_known_customer_mail_becomes_ticket_stored_byte_exact(cli, db, lmt
     await setup_helpdesk(cli)
     raw = message(subject="Printer on fire")
     [(code, reply)] = await deliver(lmtp.port, ALICE, SUPPORT, raw)
-    assert code == 250 and b"ticket #1" in reply
+    assert code == codes.OK and b"ticket #1" in reply
 
     [ticket] = await tickets(cli)
     assert ticket["subject"] == "Printer on fire"
@@ -46,7 +50,7 @@ async def test_known_customer_mail_becomes_ticket_stored_byte_exact(cli, db, lmt
 async def test_unknown_recipient_refused_at_rcpt(cli, lmtp):
     await setup_helpdesk(cli)
     replies = await deliver(lmtp.port, ALICE, ["nobody@xyzhosting.com"], message())
-    assert replies[0][0] == 550 and b"5.1.1" in replies[0][1]
+    assert replies[0][0] == codes.REFUSED and codes.NO_MAILBOX in replies[0][1]
     assert await tickets(cli) == []
 
 
@@ -54,7 +58,7 @@ async def test_multi_recipient_one_reply_per_recipient_in_order(cli, lmtp):
     await setup_helpdesk(cli)
     raw = message(to=f"{SUPPORT}, {SALES}")
     replies = await deliver(lmtp.port, ALICE, [SUPPORT, "nobody@xyzhosting.com", SALES], raw)
-    assert [c for c, _ in replies] == [250, 550, 250]
+    assert [c for c, _ in replies] == [codes.OK, codes.REFUSED, codes.OK]
     assert SUPPORT.encode() in replies[0][1] and SALES.encode() in replies[2][1]
     assert sorted(t["department"] for t in await tickets(cli)) == ["Sales", "Support"]
 
@@ -63,7 +67,7 @@ async def test_two_addresses_of_one_department_make_one_ticket(cli, lmtp):
     await cli("department", "add", "Support", "--address", SUPPORT, "--address", "help@xyzhosting.com")
     await cli("customer", "add", ALICE)
     replies = await deliver(lmtp.port, ALICE, [SUPPORT, "help@xyzhosting.com"], message())
-    assert [c for c, _ in replies] == [250, 250]
+    assert [c for c, _ in replies] == [codes.OK, codes.OK]
     assert len(await tickets(cli)) == 1
 
 
@@ -71,7 +75,7 @@ async def test_catch_all_address(cli, lmtp):
     await cli("department", "add", "Billing", "--address", "*@billing.example", "--unknown-sender", "accept")
     [(code, _)] = await deliver(lmtp.port, "bob@else.example", "anything@billing.example",
                                 message(frm="bob@else.example", to="anything@billing.example"))
-    assert code == 250
+    assert code == codes.OK
     [ticket] = await tickets(cli)
     assert ticket["department"] == "Billing" and ticket["customer"] == "bob@else.example"
 
@@ -80,7 +84,7 @@ async def test_message_over_size_limit_gets_552_per_recipient(cli, lmtp):
     await setup_helpdesk(cli)
     big = message(body="x" * 70) + b"y" * 4_100_000 + b"\r\n"
     replies = await deliver(lmtp.port, ALICE, [SUPPORT, SALES], big)
-    assert [c for c, _ in replies] == [552, 552]
+    assert [c for c, _ in replies] == [codes.TOO_BIG, codes.TOO_BIG]
     assert await tickets(cli) == []
 
 
@@ -89,7 +93,7 @@ async def test_redelivery_after_lost_250_creates_no_second_ticket(cli, db, lmtp)
     raw = message()
     first = await deliver(lmtp.port, ALICE, SUPPORT, raw)
     again = await deliver(lmtp.port, ALICE, SUPPORT, raw)
-    assert first[0][0] == again[0][0] == 250
+    assert first[0][0] == again[0][0] == codes.OK
     assert b"ticket #1" in again[0][1]
     assert len(await tickets(cli)) == 1
     async with db.session() as s:
@@ -130,8 +134,8 @@ async def test_storage_failure_answers_451_and_writes_nothing_of_that_delivery(c
 
 async def _storage_failure(cli, db, lmtp):
     replies = await deliver(lmtp.port, ALICE, [SUPPORT, SALES], message(to=f"{SUPPORT}, {SALES}"))
-    assert replies[0][0] == 250
-    assert replies[1][0] == 451 and b"4.3.0" in replies[1][1]
+    assert replies[0][0] == codes.OK
+    assert replies[1] == (codes.TEMPFAIL, TEMPFAIL.format(rcpt=SALES)[4:].encode())
     [ticket] = await tickets(cli)
     assert ticket["department"] == "Support"
     async with db.session() as s:
@@ -145,21 +149,27 @@ async def _storage_failure(cli, db, lmtp):
 async def test_reject_policy_answers_550_571(cli, lmtp):
     await cli("department", "add", "Support", "--address", SUPPORT, "--unknown-sender", "reject")
     [(code, reply)] = await deliver(lmtp.port, "eve@else.example", SUPPORT, message(frm="eve@else.example"))
-    assert code == 550 and b"5.7.1" in reply and b"known customers" in reply
+    assert code == codes.REFUSED and codes.NOT_AUTHORIZED in reply and b"known customers" in reply
     assert await tickets(cli) == []
 
 
-async def test_shutdown_finishes_delivery_in_progress(cli, db, pipeline, lmtp):
+async def test_shutdown_finishes_delivery_in_progress(cli, db, lmtp):
+    """A message whose end arrives after stop() began still gets its 250, and is a ticket."""
     await setup_helpdesk(cli)
-    import asyncio
-
-    sending = asyncio.create_task(deliver(lmtp.port, ALICE, SUPPORT, message()))
-    while not lmtp.busy and not sending.done():
-        await asyncio.sleep(0.001)
-    await lmtp.stop()
-    [(code, _)] = await sending
-    assert code == 250
-    assert len(await tickets(cli)) == 1
+    s = await Session.open(lmtp.port)
+    await s.start_data()
+    s.writer.write(message())  # the message, not yet its end
+    await until(lambda: lmtp.inflight > 0, "the message's bytes to arrive")
+    stopping = asyncio.create_task(lmtp.stop(grace=10))
+    await until(lambda: lmtp.closing, "the listener to begin its shutdown")
+    assert not stopping.done(), "stop() must wait for the message being sent"
+    s.writer.write(b".\r\n")
+    assert await s.reply() == f"{codes.OK} {codes.DELIVERED.decode()} <{SUPPORT}> delivered (ticket #1)"
+    assert await s.reply() == SHUTTING_DOWN  # then the session is closed
+    assert await s.closed()
+    await stopping
+    [ticket] = await tickets(cli)
+    assert ticket["number"] == 1 and ticket["customer"] == ALICE
 
 
 async def test_dot_lines_and_long_lines_arrive_byte_exact(cli, db, lmtp):
@@ -168,7 +178,7 @@ async def test_dot_lines_and_long_lines_arrive_byte_exact(cli, db, lmtp):
     body = ".\n..\n.hidden\nline ending with a dot.\n.\r\nx" + "y" * 5000 + "\n\n."
     raw = message(body=body)
     [(code, _)] = await deliver(lmtp.port, ALICE, SUPPORT, raw)
-    assert code == 250
+    assert code == codes.OK
     async with db.session() as s:
         assert (await s.scalar(select(Message))).raw == raw
 
@@ -178,15 +188,13 @@ async def test_empty_message_is_stored_not_lost(cli, db, lmtp):
     # smtplib sends b"" as a single empty line, the same bytes as b"\r\n": one message.
     for raw in (b"", b"\r\n", b"Subject: only a header\r\n"):
         [(code, _)] = await deliver(lmtp.port, ALICE, SUPPORT, raw)
-        assert code == 250
+        assert code == codes.OK
     async with db.session() as s:
         assert sorted(m.raw for m in await s.scalars(select(Message))) == [b"\r\n", b"Subject: only a header\r\n"]
 
 
 async def test_raw_session_empty_data_and_pipelined_quit(cli, lmtp):
     """A bare "." right after 354, with QUIT in the same packet: the reader must stop at the dot."""
-    import asyncio
-
     await setup_helpdesk(cli, policy="hold")
     reader, writer = await asyncio.open_connection("127.0.0.1", lmtp.port)
     replies = []
@@ -194,7 +202,7 @@ async def test_raw_session_empty_data_and_pipelined_quit(cli, lmtp):
     async def reply() -> bytes:
         while (line := await reader.readline())[3:4] == b"-":
             pass
-        replies.append(line[:3])
+        replies.append(code_of(line.decode()))
         return line
 
     await reply()
@@ -205,4 +213,4 @@ async def test_raw_session_empty_data_and_pipelined_quit(cli, lmtp):
     await reply()
     await reply()
     writer.close()
-    assert replies == [b"220", b"250", b"250", b"250", b"354", b"250", b"221"]
+    assert replies == [codes.READY, codes.OK, codes.OK, codes.OK, codes.START_DATA, codes.OK, codes.CLOSING]

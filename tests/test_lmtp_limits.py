@@ -11,13 +11,12 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from ingest.lmtp import Limits, LMTPListener
+from ingest.lmtp import BUSY, IDLE, LINE_TOO_LONG, SHUTTING_DOWN, TOO_MANY, Limits, LMTPListener
 from storage.models import Message
+from tests import statuscodes as codes
 from tests.conftest import deliver
+from tests.lmtp_session import ALICE, SUPPORT, Session, code_of, until
 from tests.mail import message
-
-SUPPORT = "support@xyzhosting.com"
-ALICE = "alice@customer.example"
 
 
 @pytest.fixture
@@ -38,52 +37,6 @@ async def listen(pipeline, cli):
         await listener.stop(grace=5)
 
 
-async def until(condition, what: str, seconds: float = 10.0) -> None:
-    """Wait for `condition()`; fail the test, naming `what`, if it does not come true in time."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {seconds} s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-class Session:
-    """A raw LMTP session over a socket: exact replies, partial sends."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int) -> Session:
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
-
-    async def reply(self) -> str:
-        """One whole (possibly multi-line) reply; its last line."""
-        while True:
-            line = await asyncio.wait_for(self.reader.readline(), 10)
-            if not line:
-                raise ConnectionError("connection closed without a reply")
-            if line[3:4] != b"-":
-                return line.decode().rstrip("\r\n")
-
-    async def command(self, line: str) -> str:
-        self.writer.write(line.encode() + b"\r\n")
-        return await self.reply()
-
-    async def start_data(self, sender: str = ALICE, rcpt: str = SUPPORT) -> None:
-        assert (await self.reply()).startswith("220")
-        assert (await self.command("LHLO test")).startswith("250")
-        assert (await self.command(f"MAIL FROM:<{sender}>")).startswith("250")
-        assert (await self.command(f"RCPT TO:<{rcpt}>")).startswith("250")
-        assert (await self.command("DATA")).startswith("354")
-
-    async def closed(self) -> bool:
-        return await asyncio.wait_for(self.reader.read(), 10) == b""
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 async def stored_count(db) -> int:
     async with db.session() as s:
         return await s.scalar(select(func.count(Message.id)))
@@ -100,16 +53,16 @@ def _send_until_refused(port: int, count: int, results: list, size: int) -> None
         for _ in range(count):
             raw = message(body="x" * size + "\n")
             code, _ = client.mail(ALICE)
-            if code != 250:
+            if code != codes.OK:
                 results.append(("refused", code, raw))
                 return
             code, _ = client.rcpt(SUPPORT)
-            if code != 250:
+            if code != codes.OK:
                 results.append(("refused", code, raw))
                 return
             client.putcmd("data")
             code, _ = client.getreply()
-            if code != 354:
+            if code != codes.START_DATA:
                 results.append(("refused", code, raw))
                 return
             client.send(raw.replace(b"\r\n.", b"\r\n..") + b".\r\n")
@@ -140,8 +93,8 @@ async def test_shutdown_under_load_answers_every_message_it_has_read(listen, db)
         assert not c.is_alive()
     assert [r for r in results if r[0] == "no reply"] == []
     replied = [r for r in results if r[0] == "replied"]
-    assert replied and {code for _, code, _ in replied} == {250}
-    assert {code for kind, code, _ in results if kind == "refused"} <= {421}
+    assert replied and {code for _, code, _ in replied} == {codes.OK}
+    assert {code for kind, code, _ in results if kind == "refused"} <= {codes.UNAVAILABLE}
     # Every 250 is stored, once; nothing else was accepted.
     async with db.session() as s:
         stored = sorted(m.raw for m in await s.scalars(select(Message)))
@@ -151,16 +104,16 @@ async def test_shutdown_under_load_answers_every_message_it_has_read(listen, db)
 async def test_a_session_between_messages_gets_421_at_shutdown(listen):
     lmtp = await listen()
     idle, sending = await Session.open(lmtp.port), await Session.open(lmtp.port)
-    assert (await idle.reply()).startswith("220")
+    assert code_of(await idle.reply()) == codes.READY
     await sending.start_data()
     sending.writer.write(message() + b"\r\n")  # the message, not yet its end
     await until(lambda: lmtp.inflight > 0, "the message's bytes to arrive")
     stopping = asyncio.create_task(lmtp.stop(grace=10))
-    assert (await idle.reply()) .startswith("421 4.3.2")
+    assert await idle.reply() == SHUTTING_DOWN
     assert await idle.closed()
     sending.writer.write(b".\r\n")
-    assert (await sending.reply()).startswith("250 2.0.0")
-    assert (await sending.reply()).startswith("421 4.3.2")  # then it is closed
+    assert (await sending.reply()).startswith(f"{codes.OK} {codes.DELIVERED.decode()} <{SUPPORT}> delivered")
+    assert await sending.reply() == SHUTTING_DOWN  # then it is closed
     assert await sending.closed()
     await stopping
 
@@ -168,15 +121,15 @@ async def test_a_session_between_messages_gets_421_at_shutdown(listen):
 async def test_connections_beyond_max_sessions_get_421_at_the_greeting(listen):
     lmtp = await listen(max_sessions=2)
     first, second = await Session.open(lmtp.port), await Session.open(lmtp.port)
-    assert (await first.reply()).startswith("220")
-    assert (await second.reply()).startswith("220")
+    assert code_of(await first.reply()) == codes.READY
+    assert code_of(await second.reply()) == codes.READY
     third = await Session.open(lmtp.port)
-    assert (await third.reply()).startswith("421 4.3.2")
+    assert await third.reply() == TOO_MANY
     assert await third.closed()
     first.close()
     await until(lambda: len(lmtp.sessions) == 1, "the server to see the first session closed")
     fourth = await Session.open(lmtp.port)
-    assert (await fourth.reply()).startswith("220")
+    assert code_of(await fourth.reply()) == codes.READY
     for s in (second, fourth):
         s.close()
 
@@ -184,8 +137,8 @@ async def test_connections_beyond_max_sessions_get_421_at_the_greeting(listen):
 async def test_long_command_line_gets_500_552_and_is_not_kept_in_memory(listen):
     lmtp = await listen()
     s = await Session.open(lmtp.port)
-    assert (await s.reply()).startswith("220")
-    assert (await s.command("NOOP " + "x" * 2000)).startswith("500 5.5.2")
+    assert code_of(await s.reply()) == codes.READY
+    assert await s.command("NOOP " + "x" * 2000) == LINE_TOO_LONG
     # 20 MiB without a line end: the server keeps at most a few read buffers of it.
     [session] = lmtp.sessions
     chunk = b"y" * (1 << 20)
@@ -193,8 +146,8 @@ async def test_long_command_line_gets_500_552_and_is_not_kept_in_memory(listen):
         s.writer.write(chunk)
         await s.writer.drain()
         assert len(session._reader._buffer) <= 4 * 64 * 1024
-    assert (await s.command("")).startswith("500 5.5.2")
-    assert (await s.command("NOOP")).startswith("250")
+    assert await s.command("") == LINE_TOO_LONG
+    assert await s.command("NOOP") == codes.NOOP_OK
     s.close()
 
 
@@ -202,9 +155,9 @@ async def test_noop_does_not_keep_an_idle_session_open(listen):
     """Regression: a client sending NOOPs (even a byte at a time) was never timed out."""
     lmtp = await listen(idle_seconds=1)
     s = await Session.open(lmtp.port)
-    assert (await s.reply()).startswith("220")
+    assert code_of(await s.reply()) == codes.READY
     opened, lines = time.monotonic(), []
-    while not (lines and lines[-1].startswith(b"421")):
+    while not (lines and lines[-1].startswith(str(codes.UNAVAILABLE).encode())):
         assert time.monotonic() - opened < 5, f"no 421 after 5 s of NOOPs: {lines}"
         for byte in b"NOOP\r\n":
             s.writer.write(bytes([byte]))
@@ -213,7 +166,7 @@ async def test_noop_does_not_keep_an_idle_session_open(listen):
                 break
             except asyncio.TimeoutError:
                 pass
-    assert lines[-1].startswith(b"421 4.4.2") and set(lines[:-1]) == {b"250 OK\r\n"}
+    assert lines[-1] == IDLE.encode() + b"\r\n" and set(lines[:-1]) == {codes.NOOP_OK.encode() + b"\r\n"}
     assert 0.9 < time.monotonic() - opened < 3
     assert await s.closed()
 
@@ -224,10 +177,10 @@ async def test_a_delivery_restarts_the_idle_clock(listen):
     await s.start_data()
     await asyncio.sleep(0.7)
     s.writer.write(message() + b".\r\n")
-    assert (await s.reply()).startswith("250")
+    assert code_of(await s.reply()) == codes.OK
     await asyncio.sleep(0.6)  # 1.3 s since the session began, 0.6 s since the delivery
-    assert (await s.command("NOOP")).startswith("250")
-    assert (await s.reply()).startswith("421 4.4.2")
+    assert await s.command("NOOP") == codes.NOOP_OK
+    assert await s.reply() == IDLE
 
 
 async def test_over_the_inflight_budget_data_gets_452_per_recipient_and_later_succeeds(listen, cli, db):
@@ -240,19 +193,19 @@ async def test_over_the_inflight_budget_data_gets_452_per_recipient_and_later_su
     await until(lambda: lmtp.inflight >= 900_000, "the first message's bytes to arrive")
 
     second = await Session.open(lmtp.port)
-    assert (await second.reply()).startswith("220")
+    assert code_of(await second.reply()) == codes.READY
     for line in ("LHLO test", f"MAIL FROM:<{ALICE}>", f"RCPT TO:<{SUPPORT}>", "RCPT TO:<sales@xyzhosting.com>"):
-        assert (await second.command(line)).startswith("250")
-    assert (await second.command("DATA")).startswith("354")
+        assert code_of(await second.command(line)) == codes.OK
+    assert code_of(await second.command("DATA")) == codes.START_DATA
     other = message(body="b" * 800_000 + "\n")
     second.writer.write(other + b".\r\n")
-    assert [await second.reply(), await second.reply()] == ["452 4.3.1 Too much mail in progress, please retry later"] * 2
+    assert [await second.reply(), await second.reply()] == [BUSY] * 2
 
     first.writer.write(b".\r\n")
-    assert (await first.reply()).startswith("250 2.0.0")
+    assert (await first.reply()).startswith(f"{codes.OK} {codes.DELIVERED.decode()} <{SUPPORT}> delivered")
     assert lmtp.inflight == 0
     [(code, _), (code2, _)] = await deliver(lmtp.port, ALICE, [SUPPORT, "sales@xyzhosting.com"], other)
-    assert (code, code2) == (250, 250)
+    assert (code, code2) == (codes.OK, codes.OK)
     async with db.session() as s:
         assert sorted(len(m.raw) for m in await s.scalars(select(Message))) == sorted([len(big), len(other), len(other)])
     for session in (first, second):
