@@ -15,7 +15,6 @@ from datetime import datetime
 from ingest.challenges import token_hash
 from ingest.release import release
 from storage import challenge_store, store
-from storage.challenge_store import aware
 from storage.models import Challenge, Customer, Department, utcnow
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{20,100}")  # secrets.token_urlsafe(32) is 43 of these
@@ -52,7 +51,7 @@ def _find(session, token: str) -> Challenge:
 
 def _state(challenge: Challenge, now: datetime) -> str:
     """The state as of `now`: an open challenge past its expiry is expired, swept or not."""
-    if challenge.state == "open" and aware(challenge.expires_at) <= now:
+    if challenge.state == "open" and challenge.expires_at <= now:
         return "expired"
     return challenge.state
 
@@ -69,7 +68,7 @@ def pending(session, token: str) -> Pending:
         raise _gone(state)
     department = session.get(Department, challenge.department_id)
     return Pending(challenge.sender, department.name if department else "",
-                   challenge_store.mailbox_waiting_count(session, challenge.mailbox), aware(challenge.expires_at))
+                   challenge_store.mailbox_waiting_count(session, challenge.mailbox), challenge.expires_at)
 
 
 def confirm(session, token: str, *, ticket_prefix: str) -> list[int]:
@@ -112,7 +111,7 @@ def outcome(session, token: str) -> list[int]:
         if state == "open":
             raise ChallengeNotFound(token)  # nothing confirmed yet: nothing to show
         raise _gone(state)
-    if aware(challenge.expires_at) <= utcnow():
+    if challenge.expires_at <= utcnow():
         raise ChallengeGone("used")
     return list(challenge.tickets)
 

@@ -21,7 +21,8 @@ from storage.models import BlockedSender, Challenge, ChallengeWait, Customer, Me
 
 
 def aware(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything we store is UTC."""
+    """Obsolete: models.UTCDateTime hands back aware UTC datetimes on SQLite too. Kept only until
+    ingest/sweeper.py stops calling it."""
     if moment is not None and moment.tzinfo is None:
         return moment.replace(tzinfo=timezone.utc)
     return moment
@@ -303,7 +304,7 @@ def claim_due(session, now: datetime, lease_until: datetime, limit: int = 20) ->
         row.attempts += 1
         row.next_attempt_at = lease_until
         mails.append(Mail(row.id, row.mail_from, row.rcpt_to, row.content, row.attempts,
-                          aware(row.expires_at), row.held_message_id))
+                          row.expires_at, row.held_message_id))
     return mails
 
 
@@ -338,7 +339,7 @@ def abandon_unsent(session, now: datetime) -> int:
     for row in rows:
         row.state, row.content = "failed", b""
         row.last_error = row.last_error or "the challenge ended before the mail could be sent"
-        mail = Mail(row.id, row.mail_from, row.rcpt_to, b"", row.attempts, aware(row.expires_at),
+        mail = Mail(row.id, row.mail_from, row.rcpt_to, b"", row.attempts, row.expires_at,
                     row.held_message_id)
         _log(session, mail, "challenge-failed",
              f"challenge mail to {row.rcpt_to} not sent: {row.last_error}; given up")

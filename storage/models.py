@@ -17,10 +17,34 @@ from sqlalchemy import (
     Text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp that is written as UTC and read back as an aware UTC datetime, on both databases.
+
+    SQLite keeps no zone: SQLAlchemy writes the wall time as given and reads it back naive. So a value
+    is converted to UTC on the way in (a naive one is refused: its zone is unknown) and marked UTC on
+    the way out. The column stays DateTime(timezone=True): the schema is unchanged."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()} for a UTC column: give it a zone")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 class Base(DeclarativeBase):
@@ -41,7 +65,7 @@ class Department(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     # challenge | accept | reject | hold
     unknown_sender: Mapped[str] = mapped_column(String(20), default="challenge")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     addresses: Mapped[list[DepartmentAddress]] = relationship(  # in the order given: challenges come from the first
         back_populates="department", lazy="raise", cascade="all, delete-orphan", order_by="DepartmentAddress.id"
     )
@@ -65,7 +89,7 @@ class Customer(Base):
     verified: Mapped[bool] = mapped_column(Boolean, default=False)
     # how the customer came to be: cli | accepted | trusted | released
     added_by: Mapped[str] = mapped_column(String(40), default="cli")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Ticket(Base):
@@ -79,8 +103,8 @@ class Ticket(Base):
     status: Mapped[str] = mapped_column(String(20), default="open")  # open | closed
     priority: Mapped[str] = mapped_column(String(20), default="normal")
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     customer: Mapped[Customer | None] = relationship(lazy="raise")
 
 
@@ -101,7 +125,7 @@ class Message(Base):
     to_addrs: Mapped[list[str]] = mapped_column(JSON, default=list)
     cc_addrs: Mapped[list[str]] = mapped_column(JSON, default=list)
     subject: Mapped[str] = mapped_column(Text, default="")
-    date: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    date: Mapped[datetime | None] = mapped_column(UTCDateTime)
     text: Mapped[str] = mapped_column(Text, default="")
     html: Mapped[str] = mapped_column(Text, default="")
     raw: Mapped[bytes] = mapped_column(LargeBinary)
@@ -111,7 +135,7 @@ class Message(Base):
     source_key: Mapped[str] = mapped_column(String(200), default="")
     envelope_sender: Mapped[str] = mapped_column(String(320), default="")
     envelope_recipient: Mapped[str] = mapped_column(String(320), default="")
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     ticket: Mapped[Ticket | None] = relationship(lazy="raise")
     attachments: Mapped[list[Attachment]] = relationship(
         lazy="raise", cascade="all, delete-orphan", order_by="Attachment.id"
@@ -140,7 +164,7 @@ class Event(Base):
     __tablename__ = "events"
     id: Mapped[int] = mapped_column(primary_key=True)
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     kind: Mapped[str] = mapped_column(String(40))
     detail: Mapped[str] = mapped_column(Text, default="")
     message: Mapped[Message] = relationship(lazy="raise", back_populates="events")
@@ -174,9 +198,9 @@ class Challenge(Base):
     authenticated: Mapped[bool] = mapped_column(Boolean, default=False)  # which hourly budget it used
     department_id: Mapped[int] = mapped_column(ForeignKey("departments.id", ondelete="CASCADE"))
     state: Mapped[str] = mapped_column(String(20), default="open")  # open | confirmed | expired | closed
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # confirmed or closed
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # confirmed or closed
     closed_reason: Mapped[str] = mapped_column(Text, default="")
     tickets: Mapped[list[int]] = mapped_column(JSON, default=list)  # what the confirmation released
     mail_id: Mapped[str] = mapped_column(String(998))  # the challenge mail's Message-ID
@@ -218,10 +242,10 @@ class Outbox(Base):
     content: Mapped[bytes] = mapped_column(LargeBinary)  # emptied once sent: it carries the token
     state: Mapped[str] = mapped_column(String(20), default="pending")  # pending | sent | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # not sent by then: given up
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)  # not sent by then: given up
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str] = mapped_column(Text, default="")
     challenge: Mapped[Challenge | None] = relationship(lazy="raise")
     held_message: Mapped[Message | None] = relationship(lazy="raise")
@@ -237,7 +261,7 @@ class BlockedSender(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     address: Mapped[str] = mapped_column(String(320), unique=True)
     reason: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 # --- IMAP bridge (issue 4): remote IMAP accounts, their sync checkpoints, and who syncs them ---
@@ -263,16 +287,16 @@ class ImapAccount(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     ca_file: Mapped[str] = mapped_column(Text, default="")
     verify_tls: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Sync state. Everything with a UID at or below last_uid under this UIDVALIDITY is committed and
     # its after-action applied. UIDs and UIDVALIDITY are unsigned 32-bit: BigInteger.
     uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
     # After a UIDVALIDITY change, UIDs below this are the old mail seen again: also matched by Message-ID.
     rescan_below: Mapped[int] = mapped_column(BigInteger, default=0)
-    last_sync: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_sync: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str] = mapped_column(Text, default="")
-    last_error_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     backlog: Mapped[int] = mapped_column(Integer, default=0)  # messages above the checkpoint at last look
     department: Mapped[Department | None] = relationship(lazy="raise")
 
@@ -283,4 +307,4 @@ class ImapLease(Base):
     __tablename__ = "imap_leases"
     account_id: Mapped[int] = mapped_column(ForeignKey("imap_accounts.id", ondelete="CASCADE"), primary_key=True)
     holder: Mapped[str] = mapped_column(String(200))
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -38,6 +38,38 @@ async def test_password_is_asked_twice_and_must_match(dovecot, cli, monkeypatch,
     assert "imap account support added" in out and "support-pw" not in out
 
 
+async def test_listings_print_timestamps_in_utc_with_the_zone(cli, db, monkeypatch, bridge_key, departments):
+    """Regression (issue 8): `imap list --json` printed naive times on SQLite while `customer list` said
+    "+00:00"; both print the same form on both databases."""
+    import io
+    from datetime import datetime, timezone
+
+    from storage import imap_store
+
+    started = datetime.now(timezone.utc)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("pw\n"))
+    code, _, err = await cli("imap", "add", "support", "--email", SUPPORT, "--server", "mail.example.com",
+                             "--password-stdin", "--no-test")
+    assert code == 0, err
+    code, _, err = await cli("customer", "add", "alice@customer.example")
+    assert code == 0, err
+
+    def sync_then_fail(s):
+        (account,) = imap_store.accounts(s)
+        imap_store.record_sync(s, account.id, 0)
+        imap_store.record_error(s, account.id, "connection refused")
+
+    await db.run(sync_then_fail, write=True)
+    (account,) = json.loads((await cli("imap", "list", "--json"))[1])
+    (customer,) = json.loads((await cli("customer", "list", "--json"))[1])
+    stamps = [account["last_sync"], account["last_error_at"], customer["created_at"]]
+    assert all(stamp.endswith("+00:00") for stamp in stamps), stamps
+    assert all(started <= datetime.fromisoformat(stamp) <= datetime.now(timezone.utc)
+               for stamp in stamps), stamps
+    code, out, _ = await cli("imap", "list")
+    assert code == 0 and f"last sync {account['last_sync']}," in out
+
+
 async def test_add_defaults_and_warnings(cli, monkeypatch, bridge_key, departments):
     import io
 

@@ -6,7 +6,7 @@ of a session; output is printed after the commit.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
@@ -19,10 +19,8 @@ from ticketmail.cli import CommandError, emit, one_line, say
 
 
 def _iso(at: datetime | None) -> str | None:
-    """ISO 8601 in UTC; SQLite hands timestamps back without their zone."""
-    if at is None:
-        return None
-    return (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).isoformat()
+    """ISO 8601; storage hands timestamps back in UTC with their zone ("+00:00")."""
+    return at.isoformat() if at else None
 
 
 def _address(text: str) -> str:
