@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+import tomli_w
+
 FIELDS = ("from", "to", "cc", "subject", "body", "recipient", "sender", "account")
 HEADER_FIELD = "header:"
 OPERATORS = ("contains", "equals", "starts_with", "ends_with", "regex")
@@ -300,48 +302,9 @@ def _action_to_data(action: Action) -> dict:
     return {"action": action.action, key: action.value} if key else {"action": action.action}
 
 
-_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
-def _toml_string(text: str) -> str:
-    """`text` as a TOML basic string; control characters (TOML forbids them raw) are escaped."""
-    out = []
-    for char in text:
-        if char in _TOML_ESCAPES:
-            out.append(_TOML_ESCAPES[char])
-        elif char < " " or char == "\x7f":
-            out.append(f"\\u{ord(char):04X}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_value(value: str | bool) -> str:
-    """A string or boolean as TOML; the only scalar types a rule has."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return _toml_string(value)
-
-
-def _toml_inline_table(table: dict) -> str:
-    """A flat table as a one-line TOML inline table (our keys are all bare keys)."""
-    return "{ " + ", ".join(f"{key} = {_toml_value(value)}" for key, value in table.items()) + " }"
-
-
-def _rule_to_toml(rule: Rule) -> str:
-    """One `[[rule]]` block, one condition or action per line."""
-    lines = ["[[rule]]"]
-    for key, value in rule_to_data(rule).items():
-        if isinstance(value, list):
-            lines += [f"{key} = [", *(f"  {_toml_inline_table(item)}," for item in value), "]"]
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
-
-
 def rules_to_toml(rules: list[Rule]) -> str:
     """A rules file holding `rules` in order; `parse_rules` of it gives them back."""
-    return "\n".join(_rule_to_toml(rule) for rule in rules)
+    return tomli_w.dumps({"rule": [rule_to_data(rule) for rule in rules]}) if rules else ""
 
 
 # --- explanation -----------------------------------------------------------------------------

@@ -348,6 +348,28 @@ def test_export_escapes_awkward_strings():
     assert parse_rules(rules_to_toml(rules)) == rules
 
 
+async def test_cli_export_import_export_gives_the_same_text(cli, tmp_path):
+    """`rules export` prints a file `rules import` takes back unchanged, awkward characters included."""
+    awkward = 'say "hi" \\ C:\\temp\nsecond line\ttab \x00 \x7f Grüße 😀 \'\'\' """'
+    rules = [Rule("quotes \"and\" \\ é", (Condition("header:X-Note", "equals", awkward, True, True),),
+                  (Action("tag", awkward), Action("priority", "high"), Action("stop")), "any"),
+             Rule("second", (Condition("subject", "regex", r"^\[Spam\]\s", case=True),), (Action("delete"),))]
+    first = tmp_path / "first.toml"
+    first.write_text(rules_to_toml(rules), encoding="utf-8")
+    code, _, err = await cli("rules", "import", str(first))
+    assert code == 0, err
+    code, exported, err = await cli("rules", "export")
+    assert code == 0, err
+    assert parse_rules(exported) == rules
+    again = tmp_path / "again.toml"
+    again.write_text(exported, encoding="utf-8")
+    code, _, err = await cli("rules", "import", str(again))
+    assert code == 0, err
+    code, exported_again, err = await cli("rules", "export")
+    assert code == 0, err
+    assert exported_again == exported
+
+
 # --- properties --------------------------------------------------------------------------------------
 
 FAST = settings(max_examples=60, deadline=None)
