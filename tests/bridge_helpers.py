@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Callable
 
 import pytest
 from sqlalchemy import func, select
@@ -88,23 +90,27 @@ async def counts(db) -> tuple[int, int]:
         return (await s.scalar(select(func.count(Ticket.id))), await s.scalar(select(func.count(Message.id))))
 
 
-async def wait_until(check, timeout: float, interval: float = 0.05):
-    """Poll the async `check()` until it returns something true or `timeout` passes; returns its last value."""
+async def wait_until(check, timeout: float, what: str | Callable[[], str] | None = None, interval: float = 0.05):
+    """Poll the async `check()` until it returns something true; returns that value. Fails the test
+    when `timeout` passes first, naming `what` (a text, or a function giving one at that moment)."""
     deadline = time.monotonic() + timeout
     while True:
         value = await check()
-        if value or time.monotonic() > deadline:
+        if value:
             return value
+        if time.monotonic() > deadline:
+            about = what() if callable(what) else what or getattr(check, "__name__", "the condition")
+            pytest.fail(f"timed out after {timeout} s waiting for {about} (last value: {value!r})")
         await asyncio.sleep(interval)
 
 
-async def tickets_at_least(db, n: int, timeout: float) -> int:
+async def tickets_at_least(db, n: int, timeout: float, log: Path | None = None) -> int:
+    """Wait until there are `n` tickets or more; their number. Fails the test (showing `log`) if not in time."""
     async def check():
         tickets, _ = await counts(db)
         return tickets if tickets >= n else 0
 
-    await wait_until(check, timeout)
-    return (await counts(db))[0]
+    return await wait_until(check, timeout, lambda: f"{n} tickets" + (f"; {log}:\n{log.read_text()}" if log else ""))
 
 
 def serve(db_url: str, log, **env) -> subprocess.Popen:

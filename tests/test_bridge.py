@@ -10,6 +10,7 @@ import logging
 from sqlalchemy import select
 
 from bridge.sync import Options
+from storage import imap_store
 from storage.models import ImapAccount, Message
 from tests.bridge_helpers import (  # noqa: F401 - fixtures
     SALES,
@@ -46,7 +47,7 @@ async def synced_to(cli, uid: int, timeout: float = 30) -> dict:
         account = (await imap_list(cli))[0]
         return account if account["last_uid"] >= uid else None
 
-    return await wait_until(check, timeout, interval=0.2) or (await imap_list(cli))[0]
+    return await wait_until(check, timeout, f"the account's checkpoint to reach UID {uid}", interval=0.2)
 
 
 async def test_initial_sync_imports_every_message_once_and_marks_it_read(
@@ -124,7 +125,7 @@ async def test_server_killed_mid_sync_resumes_with_no_loss_and_no_duplicate(
     async def error_recorded():
         return (await imap_list(cli))[0]["last_error"]
 
-    assert await wait_until(error_recorded, 10), "the lost connection is shown on the account"
+    await wait_until(error_recorded, 10, "the lost connection to be shown on the account")
     await asyncio.sleep(1)
     await asyncio.to_thread(dovecot.start)
 
@@ -177,7 +178,8 @@ async def test_move_missing_folder_is_refused_at_add_and_reported_while_syncing(
     async def error():
         return (await imap_list(cli))[0]["last_error"]
 
-    assert "folder 'Nowhere' for the after-action does not exist" in (await wait_until(error, 10) or "")
+    assert "folder 'Nowhere' for the after-action does not exist" in await wait_until(
+        error, 10, "the sync error to be shown on the account")
     # Committed once; the server keeps the mail until the folder exists, and retries never duplicate.
     assert (await counts(db)) == (2, 2)
     await asyncio.to_thread(dovecot.create_folder, "support", "Nowhere")
@@ -229,8 +231,7 @@ async def test_failing_account_does_not_stop_the_others_or_lmtp(
         accounts = {a["name"]: a for a in await imap_list(cli)}
         return accounts if accounts["support"]["last_error"] and accounts["sales"]["last_uid"] == 3 else None
 
-    accounts = await wait_until(failed, 15)
-    assert accounts, await imap_list(cli)
+    accounts = await wait_until(failed, 15, "the support account's error and the sales account's 3 messages")
     assert "login failed for user support" in accounts["support"]["last_error"]
     assert {t["subject"] for t in await tickets(cli)} == {"lmtp", "sales mail 0", "sales mail 1", "sales mail 2"}
     assert "not-the-password" not in caplog.text and USERS["sales"] not in caplog.text
@@ -278,8 +279,7 @@ async def test_uidvalidity_change_rescans_without_duplicate_tickets(dovecot, add
         account = (await imap_list(cli))[0]
         return account if account["uidvalidity"] != before["uidvalidity"] and account["last_uid"] >= 7 else None
 
-    after = await wait_until(rescanned, 30, interval=0.2)
-    assert after, await imap_list(cli)
+    await wait_until(rescanned, 30, "a rescan under the new UIDVALIDITY up to UID 7", interval=0.2)
     assert (await counts(db)) == (7, 7)
     assert len({t["subject"] for t in await tickets(cli)}) == 7
 
@@ -304,7 +304,7 @@ async def test_folder_recreated_with_rewritten_copies_matches_them_by_message_id
         account = (await imap_list(cli))[0]
         return account if account["uidvalidity"] != before["uidvalidity"] and account["last_uid"] >= 5 else None
 
-    assert await wait_until(rescanned, 30, interval=0.2), await imap_list(cli)
+    await wait_until(rescanned, 30, "a rescan of the recreated folder up to UID 5", interval=0.2)
     assert (await counts(db)) == (5, 5)
 
 
@@ -340,20 +340,40 @@ async def test_account_department_overrides_the_address(dovecot, add_account, ru
     assert (await tickets(cli))[0]["department"] == "Sales"
 
 
-async def test_disable_stops_and_enable_resumes_the_sync(dovecot, add_account, run_bridge, db, cli):
+async def test_disable_stops_and_enable_resumes_the_sync(dovecot, add_account, run_bridge, db, cli, monkeypatch):
     assert (await add_account(dovecot))[0] == 0
-    await run_bridge()
+    supervisor = await run_bridge()
+    # Each supervisor scan begins by reading the accounts; it starts and stops the sync loops by them.
+    reads, accounts = [], imap_store.accounts
+
+    def counted(session):
+        reads.append(1)
+        return accounts(session)
+
+    monkeypatch.setattr(imap_store, "accounts", counted)
 
     async def connected():
         return (await imap_list(cli))[0]["last_sync"]
 
-    assert await wait_until(connected, 15)
+    await wait_until(connected, 15, "the account's first sync")
     code, out, _ = await cli("imap", "disable", "support")
     assert code == 0 and "disabled" in out
-    await asyncio.sleep(1)  # several supervisor scans
+
+    async def stopped():
+        return not supervisor.loops
+
+    await wait_until(stopped, 10, "the supervisor to stop the disabled account's sync loop")
     await asyncio.to_thread(dovecot.append, "support", mails(2, "while disabled"))
-    await asyncio.sleep(1.5)
+    # Two whole scans after the mail arrived (a third has begun): each had the chance to sync it.
+    seen = len(reads)
+
+    async def scanned_twice():
+        return len(reads) >= seen + 3
+
+    await wait_until(scanned_twice, 10, "two supervisor scans after the APPEND")
+    assert not supervisor.loops, "a scan started the disabled account again"
     assert (await counts(db)) == (0, 0)
+    assert len(await asyncio.to_thread(dovecot.uids, "support", "INBOX", "UNSEEN")) == 2
     assert (await cli("imap", "enable", "support"))[0] == 0
     await synced_to(cli, 2, timeout=15)
     assert (await counts(db)) == (2, 2)
