@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from tests.lmtp_session import until
 from ticketmail import config as configuration
 
 
@@ -64,10 +65,8 @@ async def test_serve_on_unix_socket_delivers_and_stops_cleanly_on_sigterm(db_url
     server = subprocess.Popen([sys.executable, "-m", "ticketmail.cli", "serve"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(200):
-            if sock.exists():
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: sock.exists() or server.poll() is not None, "serve to create its LMTP socket", seconds=30)
+        assert server.poll() is None, "serve exited before listening on its socket"
 
         def send():
             with smtplib.LMTP(str(sock)) as client:
