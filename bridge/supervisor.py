@@ -23,24 +23,28 @@ import uuid
 
 from bridge.accounts import Account, BridgeKeyError, account_from_row, decrypt, load_key
 from bridge.sync import AccountSync, Options
+from ingest.periodic import Periodic
 from storage import imap_store
 from storage.database import Database
 
 log = logging.getLogger(__name__)
 
 
-class Supervisor:
+class Supervisor(Periodic):
+    """Each round (every `scan_seconds`) matches the running sync loops to the accounts and leases."""
+
+    name = "imap-supervisor"
+
     def __init__(self, db: Database, config, options: Options = Options(), scan_seconds: float | None = None):
         self.db = db
         self.bridge_config = config.bridge
         self.options = options
         self.lease_seconds = float(config.bridge.lease_seconds)
-        self.scan_seconds = scan_seconds or max(1.0, self.lease_seconds / 3)
+        self.interval = scan_seconds or max(1.0, self.lease_seconds / 3)
         self.use_leases = not db.is_sqlite
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.pipeline = None
         self.loops: dict[int, tuple[Account, asyncio.Task, AccountSync]] = {}
-        self._control: asyncio.Task | None = None
         self._key = None
         self._renewed_at = 0.0  # monotonic time a lease renewal was sent that then succeeded
         self._reported: dict[int, str] = {}  # account id -> the configuration error last logged
@@ -56,14 +60,11 @@ class Supervisor:
 
     async def start(self, pipeline) -> None:
         self.pipeline = pipeline
-        self._control = asyncio.create_task(self._run(), name="imap-supervisor")
+        await super().start()
 
     async def stop(self) -> None:
         """Stop every loop (in-flight deliveries are committed or fetched again later) and free the leases."""
-        if self._control:
-            self._control.cancel()
-            await asyncio.gather(self._control, return_exceptions=True)
-            self._control = None
+        await super().stop()
         await self._stop_loops(list(self.loops))
         if self.use_leases:
             try:
@@ -71,22 +72,15 @@ class Supervisor:
             except Exception as e:  # noqa: BLE001 - the leases expire on their own
                 log.warning("imap: could not release the leases (they expire in %g s): %s", self.lease_seconds, e)
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - e.g. the database is down: keep trying
-                log.warning("imap: cannot read the accounts or leases: %s", str(e).splitlines()[0])
-                if self.use_leases and self.loops and \
-                        time.monotonic() - self._renewed_at > self.lease_seconds * 2 / 3:
-                    log.warning("imap: leases could not be renewed: stopping the sync before another "
-                                "process may take the accounts over")
-                    await self._stop_loops(list(self.loops))
-            await asyncio.sleep(self.scan_seconds)
+    async def failed(self, error: Exception) -> None:
+        """E.g. the database is down: keep trying, but stop syncing before the leases may have expired."""
+        log.warning("imap: cannot read the accounts or leases: %s", str(error).splitlines()[0])
+        if self.use_leases and self.loops and time.monotonic() - self._renewed_at > self.lease_seconds * 2 / 3:
+            log.warning("imap: leases could not be renewed: stopping the sync before another "
+                        "process may take the accounts over")
+            await self._stop_loops(list(self.loops))
 
-    async def _tick(self) -> None:
+    async def run_once(self) -> None:
         wanted = await self._wanted()
         if self.use_leases:
             sent = time.monotonic()

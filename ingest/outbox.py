@@ -9,13 +9,13 @@ recording it can, after the lease, send it again: at least once, never lost).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime, timedelta
 
 import aiosmtplib
 
 from ingest import mailer
+from ingest.periodic import Periodic
 from storage import challenge_store
 from storage.challenge_store import Mail
 from storage.database import Database
@@ -58,8 +58,10 @@ def describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}".strip()[:500]
 
 
-class OutboxSender:
+class OutboxSender(Periodic):
     """The background task that sends due outbox mail; `wake()` makes it look at once."""
+
+    name = "outbox-sender"
 
     def __init__(self, db: Database, smtp, *, interval: float = 5.0, retry_base: float = 60.0,
                  retry_max: float = 3600.0, batch: int = 50):
@@ -69,32 +71,6 @@ class OutboxSender:
         self.retry_base = retry_base
         self.retry_max = retry_max
         self.batch = batch
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-sender")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:  # the database is unreachable, say: try again next round
-                log.exception("outbox: a sending round failed")
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            except TimeoutError:
-                pass
-            self._wake.clear()
 
     async def run_once(self) -> int:
         """Send what is due, one mail at a time, until none is or the relay fails; returns how many were sent."""

@@ -12,7 +12,6 @@ allows (`challenge_capped`): authenticated senders first, oldest first.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -23,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from ingest import challenges, directory
 from ingest.challenges import ChallengeSettings
 from ingest.confirm import release_stragglers
+from ingest.periodic import Periodic
 from ingest.release import stored_context
 from storage import challenge_store, store
 from storage.challenge_store import RecentChallenges, aware
@@ -145,23 +145,17 @@ def open_later(session, ctx, wait: ChallengeWait) -> int:
     return int(challenge is not None)
 
 
-class Sweeper:
+class Sweeper(Periodic):
+    """A sweep and a drain of the capped mail every `interval` seconds."""
+
+    name = "sweeper"
+
     def __init__(self, db: Database, *, held_days: int, keep_for_review: bool, ticket_prefix: str,
                  challenge: ChallengeSettings, interval: float = 300.0):
         self.db = db
         self.options = {"held_days": held_days, "keep_for_review": keep_for_review, "ticket_prefix": ticket_prefix}
         self.drain = {"settings": challenge, "ticket_prefix": ticket_prefix}
         self.interval = interval
-        self._task: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="sweeper")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
 
     async def run_once(self) -> Swept:
         swept = await self.db.run(partial(sweep, **self.options), utcnow(), write=True)
@@ -170,11 +164,3 @@ class Sweeper:
         if any(vars(swept).values()):
             log.info("sweeper: %s", swept)
         return swept
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:  # the database is unreachable, say: try again next round
-                log.exception("sweeper: a round failed")
-            await asyncio.sleep(self.interval)

@@ -1,10 +1,16 @@
-"""`ticketmail serve`: the LMTP listener, the web app (and later the IMAP bridge) on one event loop."""
+"""`ticketmail serve`: the LMTP listener, the web app and the IMAP bridge on one event loop.
+
+Each service is an async context (set up, yield, tear down) entered on one `AsyncExitStack`, so a
+failure while starting any of them stops the ones started before it, and shutdown runs in reverse.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 
 from aiohttp import web
 
@@ -24,62 +30,111 @@ log = logging.getLogger("ticketmail")
 
 
 async def serve(config: Config) -> int:
+    """Serve until SIGTERM or SIGINT (0), or until the writer process dies (1)."""
     repeated = logs.setup()  # an outage logs its error once, then a count a minute
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    db = Database(config.database_url)
     warn_if_readable(config.database_url, config.bridge.key_file)  # mail, the IMAP key: for us alone
-    try:
-        await db.check_schema()
-        settings = ChallengeSettings.from_config(config)
-        try:  # an operator's broken template fails here, not on each challenge
-            mailer.check_templates(settings.template_dir)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        bridge = Supervisor(db, config)
-        await bridge.check()  # a missing or wrong key to the IMAP passwords: one line now, not in each loop
-        pipeline = Pipeline(db, config.ticket_prefix, settings)
-        await pipeline.start()
-        await bridge.start(pipeline)  # IMAP accounts: one sync loop each
-        outbox = OutboxSender(db, config.smtp)  # challenge mail, sent after the pipeline's commit
-        sweeper = Sweeper(db, held_days=config.challenge.held_days, ticket_prefix=config.ticket_prefix,
-                          keep_for_review=config.challenge.keep_for_review, challenge=settings)
-        await outbox.start()
-        await sweeper.start()
-        c = config.lmtp
-        lmtp = LMTPListener(pipeline, host=c.host, port=c.port, socket=c.socket, hostname=c.hostname, limits=Limits(
-            max_message_bytes=c.max_message_bytes, max_sessions=c.max_sessions, idle_seconds=c.idle_seconds,
-            max_inflight_bytes=c.max_inflight_bytes))
-        await lmtp.start()
-        runner = Runner(create_app(db, config), access_log=None)  # our headers on aiohttp's own 400s too
-        await runner.setup()
-        await web.TCPSite(runner, config.web.host, config.web.port).start()
+    async with AsyncExitStack() as stack:
+        stack.callback(repeated.flush)  # the last count, after whatever shutting down logged
+        db = Database(config.database_url)
+        stack.push_async_callback(db.dispose)
+        settings, bridge = await _checked(db, config)
+        stop = _signalled()  # from here on, SIGTERM while starting stops us once started
+        run = stack.enter_async_context
+        # Started in this order, stopped in reverse: LMTP first (it lets deliveries in progress finish),
+        # the web app, the bridge, then the pipeline both deliver into, the sweeper and the outbox sender.
+        await run(_running(OutboxSender(db, config.smtp)))  # challenge mail, sent after the pipeline's commit
+        await run(_running(Sweeper(db, held_days=config.challenge.held_days, ticket_prefix=config.ticket_prefix,
+                                   keep_for_review=config.challenge.keep_for_review, challenge=settings)))
+        pipeline = await run(_running(Pipeline(db, config.ticket_prefix, settings)))
+        await run(_running(bridge, pipeline))  # IMAP accounts: one sync loop each
+        await run(_web_app(db, config))
+        lmtp = await run(_lmtp(pipeline, config))
         where = config.lmtp.socket or f"{config.lmtp.host}:{lmtp.port}"
         log.info("LMTP on %s, web on %s:%s; ready", where, config.web.host, config.web.port)
-
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        # A dead writer cannot store anything: exit, so the service manager restarts us.
-        watch = [asyncio.create_task(stop.wait()), asyncio.create_task(pipeline.failed.wait())]
-        counts = asyncio.create_task(_flush_every(repeated, repeated.window))
-        await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
-        for task in (*watch, counts):
-            task.cancel()
-
+        await _until_stopped(stop, pipeline, repeated)
         log.info("shutting down: no new connections, finishing deliveries in progress")
-        await lmtp.stop()
-        await runner.cleanup()
-        await bridge.stop()
-        await pipeline.stop()
-        await sweeper.stop()
-        await outbox.stop()
-        repeated.flush()
-        log.info("stopped")
-        return 1 if pipeline.failed.is_set() else 0
+    log.info("stopped")
+    return 1 if pipeline.failed.is_set() else 0
+
+
+async def _checked(db: Database, config: Config) -> tuple[ChallengeSettings, Supervisor]:
+    """What would otherwise fail later, or on each message, fails here with one line."""
+    await db.check_schema()
+    settings = ChallengeSettings.from_config(config)
+    try:  # an operator's broken template fails here, not on each challenge
+        mailer.check_templates(settings.template_dir)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    bridge = Supervisor(db, config)
+    await bridge.check()  # a missing or wrong key to the IMAP passwords: one line now, not in each loop
+    return settings, bridge
+
+
+@asynccontextmanager
+async def _running(service, *args):
+    """A service with `start(*args)` and `stop()`, running for as long as the context."""
+    await service.start(*args)
+    try:
+        yield service
     finally:
-        await db.dispose()
+        await service.stop()
+
+
+@asynccontextmanager
+async def _lmtp(pipeline: Pipeline, config: Config):
+    c = config.lmtp
+    limits = Limits(max_message_bytes=c.max_message_bytes, max_sessions=c.max_sessions,
+                    idle_seconds=c.idle_seconds, max_inflight_bytes=c.max_inflight_bytes)
+    listener = LMTPListener(pipeline, host=c.host, port=c.port, socket=c.socket, hostname=c.hostname,
+                            limits=limits)
+    with _listening("LMTP", c.socket or f"{c.host}:{c.port}", "[lmtp] socket" if c.socket else "[lmtp] host, port"):
+        await listener.start()
+    try:
+        yield listener
+    finally:
+        await listener.stop()  # within its grace, deliveries in progress get their replies
+
+
+@asynccontextmanager
+async def _web_app(db: Database, config: Config):
+    runner = Runner(create_app(db, config), access_log=None)  # our headers on aiohttp's own 400s too
+    await runner.setup()
+    try:
+        with _listening("the web app", f"{config.web.host}:{config.web.port}", "[web] host, port"):
+            await web.TCPSite(runner, config.web.host, config.web.port).start()
+        yield runner
+    finally:
+        await runner.cleanup()
+
+
+@contextmanager
+def _listening(what: str, where: str, setting: str):
+    """A port taken or a socket path not writable: one line that says which, not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise ConfigError(f"{what} cannot listen on {where}: {reason} ({setting})") from None
+
+
+def _signalled() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _until_stopped(stop: asyncio.Event, pipeline: Pipeline, repeated: logs.RepeatedErrors) -> None:
+    """Until `stop` is set, or until the writer process dies."""
+    # A dead writer cannot store anything: exit, so the service manager restarts us.
+    watch = [asyncio.create_task(stop.wait()), asyncio.create_task(pipeline.failed.wait())]
+    counts = asyncio.create_task(_flush_every(repeated, repeated.window))
+    await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
+    for task in (*watch, counts):
+        task.cancel()
 
 
 async def _flush_every(repeated: logs.RepeatedErrors, seconds: float) -> None:

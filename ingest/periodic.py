@@ -1,0 +1,50 @@
+"""Background services that work in rounds (the outbox sender, the sweeper, the IMAP supervisor)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+
+class Periodic:
+    """Runs `run_once()` in a task of its own from `start()` until `stop()`: a round, then the next one
+    `interval` seconds later, or at once on `wake()`. A round that raises is reported by `failed`, and
+    the next one runs as planned."""
+
+    name = "periodic"  # the task's name, and how its log lines begin
+    interval = 60.0
+    _task: asyncio.Task | None = None
+
+    async def run_once(self):
+        raise NotImplementedError
+
+    async def failed(self, error: Exception) -> None:
+        """A round raised (the database is unreachable, say): log it, and try again next round."""
+        logging.getLogger(type(self).__module__).error("%s: a round failed", self.name, exc_info=error)
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        """Cancel the round in progress, if any, and wait for it to end."""
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def wake(self) -> None:
+        if self._task:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception as e:  # noqa: BLE001 - answered by `failed`
+                await self.failed(e)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
