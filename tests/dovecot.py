@@ -144,7 +144,20 @@ service imap-login {{
     # --- process ---
 
     def start(self, timeout: float = 20) -> Dovecot:
-        """Start in the foreground of its own process group; return once the IMAP port answers."""
+        """Start in the foreground of its own process group; return once the IMAP port answers.
+
+        A port another process took since `free_port` chose it: new ports, up to three times."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except RuntimeError as e:
+                if "Address already in use" not in str(e) or attempt == 2:
+                    raise
+                self.port, self.tls_port = free_port(), free_port()
+                self._write_config()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> Dovecot:
         self.process = subprocess.Popen(
             [DOVECOT, "-F", "-c", str(self.root / "dovecot.conf")],
             stdout=subprocess.DEVNULL, stderr=open(self.root / "stderr.log", "ab"), start_new_session=True,
@@ -152,7 +165,8 @@ service imap-login {{
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"dovecot exited with {self.process.returncode}: {self.log()[-2000:]}")
+                stderr = (self.root / "stderr.log").read_text(errors="replace")
+                raise RuntimeError(f"dovecot exited with {self.process.returncode}: {(stderr + self.log())[-2000:]}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.5) as s:
                     s.settimeout(2)
