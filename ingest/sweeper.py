@@ -25,7 +25,7 @@ from ingest.confirm import release_stragglers
 from ingest.periodic import Periodic
 from ingest.release import stored_context
 from storage import challenge_store, store
-from storage.challenge_store import RecentChallenges, aware
+from storage.challenge_store import RecentChallenges
 from storage.database import Database
 from storage.models import ChallengeWait, Message, utcnow
 
@@ -85,7 +85,7 @@ def challenge_capped(session, now: datetime, *, settings: ChallengeSettings, tic
     challenge_store.lock_budget(session)
     snapshot, opened = None, 0
     for wait, received_at in challenge_store.capped_waits(session, limit):
-        if challenge_store.challenged_since(session, wait.mailbox, aware(received_at)):
+        if challenge_store.challenged_since(session, wait.mailbox, received_at):
             uncap(session, wait, f"{wait.mailbox} was challenged after this message arrived; confirming that "
                                  "releases it")
             continue

@@ -12,20 +12,12 @@ in the same group, not yet flushed, are found in the session itself (`_unflushed
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, inspect, select, update
 
 from storage import store
 from storage.models import BlockedSender, Challenge, ChallengeWait, Customer, Message, Outbox, utcnow
-
-
-def aware(moment: datetime | None) -> datetime | None:
-    """Obsolete: models.UTCDateTime hands back aware UTC datetimes on SQLite too. Kept only until
-    ingest/sweeper.py stops calling it."""
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment
 
 
 # --- blocked senders ---

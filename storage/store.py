@@ -15,7 +15,6 @@ from sqlalchemy.orm.attributes import set_committed_value
 from storage.models import (
     Customer,
     Department,
-    DepartmentAddress,
     Event,
     Message,
     Meta,

@@ -167,7 +167,7 @@ async def test_noop_does_not_keep_an_idle_session_open(listen):
             except asyncio.TimeoutError:
                 pass
     assert lines[-1] == IDLE.encode() + b"\r\n" and set(lines[:-1]) == {codes.NOOP_OK.encode() + b"\r\n"}
-    assert 0.9 < time.monotonic() - opened < 3
+    assert 0.9 < time.monotonic() - opened < 4.5  # idle_seconds = 1, with room for a loaded machine
     assert await s.closed()
 
 
