@@ -20,6 +20,7 @@ from email.utils import parseaddr
 from bridge.accounts import Account
 from bridge.imap import Connection, ImapError, Mailbox, describe, redact, shows_password
 from ingest.parse import ParsedMessage, parse_message
+from ingest.periodic import raise_if_cancelled
 from ingest.pipeline import Delivery, Pipeline
 from storage import imap_store
 from storage.database import Database
@@ -99,7 +100,7 @@ class AccountSync:
             attempt += 1
             log.warning("imap %s: %s; reconnecting in %.1f s", name, error, delay)
             await self._record_error(error)
-            _raise_if_cancelled()
+            raise_if_cancelled()
             await asyncio.sleep(delay)
 
     async def _connected(self) -> None:
@@ -123,7 +124,7 @@ class AccountSync:
                  mailbox.exists, uidvalidity,
                  "waiting with IDLE" if idle else f"polling every {account.poll_seconds} s")
         while True:
-            _raise_if_cancelled()
+            raise_if_cancelled()
             conn.news.clear()
             last_uid = await self._pass(conn, uidvalidity, last_uid, rescan_below)
             self._healthy = True
@@ -238,14 +239,6 @@ class AccountSync:
             await self.db.run(imap_store.record_error, self.account.id, error, write=True)
         except Exception as e:  # noqa: BLE001 - the database may be what failed; the log has it
             log.warning("imap %s: cannot record the error in the database: %s", self.account.name, e)
-
-
-def _raise_if_cancelled() -> None:
-    """Stop if a cancel was requested but swallowed on the way (asyncio.wait_for before Python 3.12 can
-    lose one when its inner task finishes at the same moment; libraries under us use it everywhere)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _loggable(exc: BaseException, account: Account):

@@ -47,4 +47,13 @@ class Periodic:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             except TimeoutError:
                 pass
+            raise_if_cancelled()  # or stop() could wait for ever: seen as a test suite hanging
             self._wake.clear()
+
+
+def raise_if_cancelled() -> None:
+    """Stop if a cancel was requested but swallowed on the way (asyncio.wait_for before Python 3.12 can
+    lose one when its inner task finishes at the same moment; libraries under us use it everywhere)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
