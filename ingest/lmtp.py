@@ -67,6 +67,7 @@ class _Server(LMTP):
         self.listener = listener
         self.limits = listener.limits
         self.busy = False  # in DATA or waiting for the pipeline: shutdown lets it finish
+        self.charged = 0  # this session's message bytes counted in the listener's in-flight budget
         self._idle_timer: asyncio.TimerHandle | None = None
         super().__init__(handler, data_size_limit=self.limits.max_message_bytes, **kwargs)
         # During shutdown every new command gets 421 (QUIT still says goodbye).
@@ -130,10 +131,9 @@ class _Server(LMTP):
             return await self.push("501 5.5.4 Syntax: DATA")
         self.busy = True
         self.listener.busy += 1
-        charged = 0
         try:
             await self.push("354 End data with <CR><LF>.<CR><LF>")
-            data, refusal, charged = await self._read_data()
+            data, refusal = await self._read_data()
             if refusal:
                 status = "\r\n".join([refusal] * len(self.envelope.rcpt_tos))
             else:
@@ -142,17 +142,18 @@ class _Server(LMTP):
                 status = await self._call_handler_hook("DATA")
             self._set_post_data_state()
             await self.push(status)
-        finally:
-            self.listener.inflight -= charged
+        finally:  # also when the client went away in the middle
+            self.listener.release(self.charged)
+            self.charged = 0
             self.busy = False
             self.listener.busy -= 1
             self.listener.changed()
             self._arm_idle_timer()
 
-    async def _read_data(self) -> tuple[bytes, str, int]:
+    async def _read_data(self) -> tuple[bytes, str]:
         """The message up to the lone "." line, dot-unstuffed (RFC 5321 4.5.2); else a refusal for
-        every recipient (too big, or over the in-flight budget); and the in-flight bytes it holds."""
-        data, size, charged, refusal = bytearray(), 0, 0, ""
+        every recipient (too big, or over the in-flight budget). Its bytes are charged as they come."""
+        data, size, refusal = bytearray(), 0, ""
         tail = b"\r\n"  # the stream before DATA's first line counts as a line end
         while True:
             try:
@@ -164,10 +165,10 @@ class _Server(LMTP):
             if not refusal:
                 refusal = self._refusal(size, len(piece))
                 if refusal:  # keep reading to the end, but not the data
-                    self.listener.release(charged)
-                    data, charged = bytearray(), 0
+                    self.listener.release(self.charged)
+                    data, self.charged = bytearray(), 0
                 else:
-                    charged += len(piece)
+                    self.charged += len(piece)
                     # Unstuff with the two bytes before the piece: a CRLF may end the last one.
                     data += (tail[-2:] + piece).replace(b"\r\n.", b"\r\n")[2:]
             window = tail + piece
@@ -175,9 +176,9 @@ class _Server(LMTP):
                 break
             tail = window[-4:]
         if refusal:
-            return b"", refusal, 0
+            return b"", refusal
         del data[-2:]  # the end: CRLF "." CRLF, whose dot the unstuffing took already
-        return bytes(data), "", charged
+        return bytes(data), ""
 
     def _refusal(self, size: int, more: int) -> str:
         if size > self.limits.max_message_bytes:

@@ -210,3 +210,18 @@ async def test_over_the_inflight_budget_data_gets_452_per_recipient_and_later_su
         assert sorted(len(m.raw) for m in await s.scalars(select(Message))) == sorted([len(big), len(other), len(other)])
     for session in (first, second):
         session.close()
+
+
+async def test_a_client_gone_in_the_middle_of_data_gives_its_budget_back(listen, db):
+    """Its bytes were charged as they came; a client that vanishes must not keep them charged (or the
+    budget would run out, one broken connection at a time, and every message would get 452)."""
+    lmtp = await listen(max_message_bytes=1_000_000, max_inflight_bytes=1_000_000)
+    for _ in range(3):  # more than the budget in all, were the bytes kept
+        s = await Session.open(lmtp.port)
+        await s.start_data()
+        s.writer.write(message(body="c" * 600_000 + "\n"))
+        await until(lambda: lmtp.inflight >= 600_000, "the message's bytes to arrive")
+        s.close()
+        await until(lambda: lmtp.inflight == 0, "the vanished session's bytes to be released")
+    [(code, _)] = await deliver(lmtp.port, ALICE, SUPPORT, message(body="d" * 900_000 + "\n"))
+    assert code == codes.OK
