@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 
+import pytest
 from sqlalchemy import func, select, update
 
 from ingest.sweeper import challenge_capped
@@ -66,12 +67,14 @@ async def test_sub_addresses_and_case_are_one_mailbox(cli, db):
     assert await as_json(cli, "held", "list") == []
 
 
-async def test_per_sender_daily_counts_the_mailbox_not_its_spelling(cli, db):
+@pytest.mark.parametrize("spelling", ["bob@newcomer.example", "bob+{n}@newcomer.example"])
+async def test_per_sender_daily_counts_the_mailbox_not_its_spelling(cli, db, spelling):
+    """One address, or one mailbox spelt with sub-address tags: at most per_sender_daily challenges."""
     desk = await helpdesk(cli, db, per_sender_daily=2)
     try:
         for n in range(4):
-            await desk.deliver(message(frm=f"bob+{n}@newcomer.example", subject=f"try {n}"),
-                               sender=f"bob+{n}@newcomer.example")
+            sender = spelling.format(n=n)
+            await desk.deliver(message(frm=sender, subject=f"try {n}"), sender=sender)
             if n < 2:
                 await desk.challenge(n + 1)
             async with db.writer() as s, s.begin():  # each challenge runs out before the next mail

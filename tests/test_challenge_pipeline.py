@@ -216,26 +216,6 @@ async def test_a_thousand_unknown_senders_get_a_bounded_number_of_challenges(cli
     assert capped >= 1000 - 30 - 50  # all but the challenged ones and the victim's joined mail
 
 
-async def test_one_sender_gets_at_most_per_sender_daily_challenges(cli, db):
-    def one_a_day(config):
-        config.challenge.per_sender_daily = 2
-
-    desk = await helpdesk(cli, db, one_a_day)
-    try:
-        for n in range(4):
-            await desk.deliver(message(frm=BOB, subject=f"try {n}"))
-            if n < 2:
-                await desk.challenge(n + 1)
-            async with db.writer() as s, s.begin():  # each challenge runs out before the next mail
-                await s.execute(update(Challenge).values(expires_at=Challenge.created_at))
-        await desk.outbox.run_once()
-    finally:
-        await stop_desk(desk)
-    assert await count(db, Challenge) == 2 and len(desk.sink.received) == 2
-    held = await as_json(cli, "held", "list")
-    assert "per_sender_daily = 2" in held[2]["reason"] and "per_sender_daily = 2" in held[3]["reason"]
-
-
 async def test_challenge_waits_while_the_relay_is_down_and_is_sent_when_it_is_back(cli, db):
     code, _, _ = await cli("department", "add", "Support", "--address", SUPPORT, "--unknown-sender", "challenge")
     desk = await start_desk(db, sink_up=False, retry_base=0.05)
