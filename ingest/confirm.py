@@ -68,7 +68,7 @@ def pending(session, token: str) -> Pending:
         raise _gone(state)
     department = session.get(Department, challenge.department_id)
     return Pending(challenge.sender, department.name if department else "",
-                   challenge_store.mailbox_waiting_count(session, challenge.mailbox), challenge.expires_at)
+                   challenge_store.waiting_count(session, mailbox=challenge.mailbox), challenge.expires_at)
 
 
 def confirm(session, token: str, *, ticket_prefix: str) -> list[int]:

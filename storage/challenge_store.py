@@ -189,15 +189,6 @@ def waiting_messages(session, mailbox: str) -> list[Message]:
     return list(rows)
 
 
-def mailbox_waiting_count(session, mailbox: str) -> int:
-    """How many messages a confirmation of the mailbox would release."""
-    return session.scalar(
-        select(func.count(Message.id))
-        .join(ChallengeWait, ChallengeWait.message_id == Message.id)
-        .where(ChallengeWait.mailbox == mailbox, Message.status == "held")
-    ) or 0
-
-
 def capped_waits(session, limit: int) -> list[tuple[ChallengeWait, datetime]]:
     """Held mail a cap kept from being challenged, with its arrival: authenticated senders first, then
     oldest first."""
@@ -211,12 +202,14 @@ def capped_waits(session, limit: int) -> list[tuple[ChallengeWait, datetime]]:
     return [tuple(r) for r in rows]
 
 
-def waiting_count(session, sender: str) -> int:
-    """How many held messages of exactly this address wait for a confirmation."""
+def waiting_count(session, *, mailbox: str = "", sender: str = "") -> int:
+    """How many held messages wait for a confirmation: of a mailbox (what confirming it would release),
+    or of exactly one address."""
+    which = ChallengeWait.mailbox == mailbox if mailbox else ChallengeWait.sender == sender
     return session.scalar(
         select(func.count(Message.id))
         .join(ChallengeWait, ChallengeWait.message_id == Message.id)
-        .where(ChallengeWait.sender == sender, Message.status == "held")
+        .where(which, Message.status == "held")
     ) or 0
 
 

@@ -25,7 +25,7 @@ def _held(session, message_id: int) -> Message:
 
 
 def _still_held(session, address: str) -> str:
-    count = challenge_store.waiting_count(session, address) if address else 0
+    count = challenge_store.waiting_count(session, sender=address) if address else 0
     if not count:
         return ""
     return f"; {count} more message{'s' if count > 1 else ''} from {address} still held (held list)"
