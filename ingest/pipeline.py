@@ -132,7 +132,6 @@ class Pipeline:
             for at in range(0, len(raw), PIECE):
                 pipe.write(raw[at : at + PIECE])
                 await pipe.drain()
-            await pipe.drain()
 
     async def _read_answers(self) -> None:
         try:
