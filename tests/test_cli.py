@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import smtplib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +27,32 @@ def test_bad_argument_is_one_line_not_a_traceback():
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--address" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# Both ways the command is started: as a module (the tests, a checkout) and as the installed script.
+PROGRAMS = {"module": [sys.executable, "-m", "ticketmail.cli"], "script": [str(Path(sys.executable).with_name("ticketmail"))]}
+
+
+@pytest.mark.parametrize("program", PROGRAMS.values(), ids=PROGRAMS.keys())
+def test_a_failing_command_is_one_line_however_it_is_started(program, sqlite_template, tmp_path):
+    """Regression (issue 8): under `python -m ticketmail.cli` a failing command printed a traceback, because
+    its error class existed twice (in `__main__` and in `ticketmail.cli`)."""
+    shutil.copy(sqlite_template, tmp_path / "ticketmail.db")
+    env = dict(os.environ, TICKETMAIL_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/ticketmail.db")
+    env.pop("TICKETMAIL_CONFIG", None)
+    result = subprocess.run([*program, "held", "release", "999"], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", "ticketmail: no message 999\n")
+
+
+def test_the_admin_layer_needs_no_terminal():
+    """ticketmail/admin is what the web panel calls too: importing it loads neither the CLI nor its printing."""
+    code = ("import sys, ticketmail.admin.customers, ticketmail.admin.departments, ticketmail.admin.held, "
+            "ticketmail.admin.imap, ticketmail.admin.rules, ticketmail.admin.tickets; "
+            "print(sorted(m for m in sys.modules if m in ('argparse', 'getpass', 'ticketmail.cli', "
+            "'ticketmail.commands', 'ticketmail.imap_commands', 'ticketmail.terminal')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout == "[]\n"
 
 
 def test_bad_config_value_names_the_key(tmp_path):

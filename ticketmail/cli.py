@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
-import unicodedata
 
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from bridge.accounts import BridgeKeyError
+from storage.database import Database, SchemaOutdated, upgrade_async
+from ticketmail import commands, imap_commands
 from ticketmail import config as configuration
+from ticketmail.admin.departments import UNKNOWN_SENDER
+from ticketmail.admin.errors import AdminError
+from ticketmail.terminal import fail
 
 
 class UsageError(Exception):
@@ -35,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = dept.add_parser("add", help="add a department")
     add.add_argument("name")
     add.add_argument("--address", action="append", required=True, help="an address it owns; *@domain for all")
-    add.add_argument("--unknown-sender", choices=["challenge", "accept", "reject", "hold"], default="challenge")
+    add.add_argument("--unknown-sender", choices=UNKNOWN_SENDER, default="challenge")
     _json(dept.add_parser("list", help="list departments"))
 
     cust = sub.add_parser("customer", help="customers").add_subparsers(dest="action", required=True)
@@ -97,125 +103,76 @@ def _json(parser):
     return parser
 
 
+# Which function runs `ticketmail COMMAND ACTION`; each calls ticketmail/admin and prints the result.
+COMMANDS = {
+    ("department", "add"): commands.department_add,
+    ("department", "list"): commands.department_list,
+    ("customer", "add"): commands.customer_add,
+    ("customer", "list"): commands.customer_list,
+    ("customer", "remove"): commands.customer_remove,
+    ("rules", "import"): commands.rules_import,
+    ("rules", "export"): commands.rules_export,
+    ("rules", "list"): commands.rules_list,
+    ("tickets", "list"): commands.tickets_list,
+    ("tickets", "show"): commands.tickets_show,
+    ("held", "list"): commands.held_list,
+    ("held", "release"): commands.held_release,
+    ("held", "purge"): commands.held_purge,
+    ("held", "discard"): commands.held_discard,
+    ("held", "unblock"): commands.held_unblock,
+    ("imap", "add"): imap_commands.imap_add,
+    ("imap", "list"): imap_commands.imap_list,
+    ("imap", "test"): imap_commands.imap_test,
+    ("imap", "remove"): imap_commands.imap_remove,
+    ("imap", "enable"): imap_commands.imap_enable,
+    ("imap", "disable"): imap_commands.imap_disable,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         config = configuration.load(args.config)
         return asyncio.run(run(args, config)) or 0
     except (UsageError, configuration.ConfigError) as e:
-        print(f"ticketmail: {one_line(str(e))}", file=sys.stderr)
+        fail(str(e))
         return 2
-    except CommandError as e:  # may quote stored mail or an IMAP server's words
-        print(f"ticketmail: {one_line(str(e))}", file=sys.stderr)
+    except AdminError as e:  # may quote stored mail or an IMAP server's words
+        fail(str(e))
         return 1
     except KeyboardInterrupt:
         return 130
 
 
-class CommandError(Exception):
-    pass
-
-
 async def run(args, config) -> int | None:
-    from storage.database import Database, SchemaOutdated, upgrade_async
-
     if args.command == "db":
         await _guard(upgrade_async(config.database_url))
         print("database schema is up to date")
         return 0
     if args.command == "serve":
-        from ticketmail.serve import serve
+        from ticketmail.serve import serve  # the LMTP server, the web app and the bridge: only to serve
 
         if args.upgrade:
             await _guard(upgrade_async(config.database_url))
         return await _guard(serve(config))
 
-    from ticketmail import challenge_commands, commands, imap_commands
-
     db = Database(config.database_url)
     try:
         await _guard(db.check_schema())
-        name = f"{args.command}_{args.action}"
-        handler = (getattr(challenge_commands, name, None) or getattr(imap_commands, name, None)
-                   or getattr(commands, name))
-        return await _guard(handler(db, config, args))
-    except SchemaOutdated as e:
-        raise CommandError(str(e)) from None
+        return await _guard(COMMANDS[args.command, args.action](db, config, args))
     finally:
         await db.dispose()
 
 
 async def _guard(coro):
-    """Turn expected failures (bad input, unreachable database) into one-line errors."""
-    from sqlalchemy.exc import DBAPIError, OperationalError
-
-    from bridge.accounts import BridgeKeyError
-    from ingest.release import ReleaseError
-    from ingest.rules import RuleError
-    from storage.database import SchemaOutdated
-
+    """Turn expected failures (an old schema, a missing key, an unreachable database) into one-line errors."""
     try:
         return await coro
-    except (RuleError, ReleaseError, SchemaOutdated, BridgeKeyError) as e:
-        raise CommandError(str(e)) from None
+    except (SchemaOutdated, BridgeKeyError) as e:
+        raise AdminError(str(e)) from None
     except (OperationalError, DBAPIError, OSError) as e:
         reason = str(getattr(e, "orig", e) or e).splitlines()[0]
-        raise CommandError(f"database or network error: {reason}") from None
-
-
-# What a terminal acts on or what changes how text reads, so never sent to it raw: controls (C0, DEL and
-# C1: escape sequences that clear the screen, retitle the window, write the clipboard), format characters
-# (bidi overrides and isolates, invisible marks), line and paragraph separators, lone surrogates.
-_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
-_JOINERS = "\u200c\u200d"  # ZWNJ, ZWJ: needed to write Persian, Indic scripts and emoji; inert in a terminal
-
-
-def _hidden(ch: str) -> bool:
-    return unicodedata.category(ch) in _HIDDEN and ch not in _JOINERS
-
-
-_SHORT = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def _escape(ch: str) -> str:
-    n = ord(ch)
-    if ch in _SHORT:
-        return _SHORT[ch]
-    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
-
-
-def shown(text: str, keep: str = "\t\n") -> str:
-    """`text` as the terminal may get it: control and bidi characters written as visible escapes
-    (`\\x1b`, `\\u202e`), except those in `keep`. Every plain output goes through here."""
-    if text.isprintable():
-        return text
-    return "".join(_escape(ch) if ch not in keep and _hidden(ch) else ch for ch in text)
-
-
-def one_line(text: str) -> str:
-    """A stored value inside a one-line row or message: its tabs and line breaks escaped too, so it
-    cannot shift columns or forge a row."""
-    return shown(text, keep="")
-
-
-def say(line: str) -> None:
-    print(shown(line))
-
-
-def _json_text(data) -> str:
-    """The JSON document, exact; characters a terminal would act on are written as \\u escapes, which
-    decode to the same text (json itself escapes C0 controls, not C1 or bidi)."""
-    text = json.dumps(data, indent=2, default=str, ensure_ascii=False)
-    return "".join(json.dumps(ch)[1:-1] if ch != "\n" and _hidden(ch) else ch for ch in text)
-
-
-def emit(data, as_json: bool, lines) -> None:
-    """Print `data` as JSON, or the human form given by `lines`."""
-    if as_json:
-        print(_json_text(data))
-    else:
-        for line in lines:
-            say(line)
+        raise AdminError(f"database or network error: {reason}") from None
 
 
 if __name__ == "__main__":

@@ -5,16 +5,15 @@ from __future__ import annotations
 from functools import partial
 
 from aiohttp import web
-from sqlalchemy import text
 
 from ingest import confirm as confirmation
+from storage import health as database_health
 from web import csrf
 from web.keys import DB, PAGES, SITE
 
 
 async def health(request: web.Request) -> web.Response:
-    async with request.app[DB].session() as session:
-        await session.execute(text("SELECT 1"))
+    await request.app[DB].run(database_health.ping)
     return web.json_response({"status": "ok"})
 
 

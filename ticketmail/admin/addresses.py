@@ -1,0 +1,15 @@
+"""Email addresses as an admin types them."""
+
+from __future__ import annotations
+
+from ticketmail.admin.errors import AdminError
+
+
+def address(text: str, *, catch_all: bool = False) -> str:
+    """`text` lowercased and checked; `catch_all` also allows `*@domain` (a department's whole domain)."""
+    value = text.strip().lower()
+    local, at, domain = value.rpartition("@")
+    bad_star = local.startswith("*") and local != "*" if catch_all else "*" in value
+    if not at or not local or not domain or " " in value or bad_star:
+        raise AdminError(f"{text!r} is not an email address" + (" (or *@domain catch-all)" if catch_all else ""))
+    return value

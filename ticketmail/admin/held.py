@@ -1,0 +1,114 @@
+"""Held mail: release it as a ticket, discard it (and perhaps block its sender), purge old held mail.
+
+Releasing or discarding also settles the sender's challenge, so the link they were sent stops working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from ingest import release as releasing
+from storage import challenge_store, store
+from storage.models import Message, utcnow
+from ticketmail.admin.errors import AdminError
+
+
+@dataclass(frozen=True)
+class Released:
+    ticket: int  # its number
+    sender: str
+    challenge_closed: bool  # the sender's pending challenge was closed
+    still_held: int  # more held messages from the sender
+
+
+@dataclass(frozen=True)
+class Discarded:
+    sender: str
+    blocked: bool
+    still_held: int  # more held messages from the sender (counted when blocked)
+
+
+def _sender(message: Message) -> str:
+    """Whom a stored message is from, as the pipeline saw it (From, else the envelope sender)."""
+    return message.from_addr or message.envelope_sender.lower()
+
+
+def _held(session, message_id: int) -> Message:
+    message = store.message(session, message_id)
+    if message is None:
+        raise AdminError(f"no message {message_id}")
+    if message.status != "held":
+        raise AdminError(f"message {message_id} is not held (it is {message.status})")
+    return message
+
+
+def _still_held(session, sender: str) -> int:
+    return challenge_store.waiting_count(session, sender=sender) if sender else 0
+
+
+async def list_all(db) -> list[Message]:
+    """Held messages, oldest first, with their events (the last says why it is held)."""
+    return await db.run(store.held_messages)
+
+
+async def release(db, message_id: int, *, ticket_prefix: str) -> Released:
+    """Make a held message a ticket; its sender is a customer now, so their pending challenge is closed."""
+
+    def release_one(s):
+        message = _held(s, message_id)
+        try:
+            number = releasing.release(s, message, ticket_prefix=ticket_prefix, by="admin (ticketmail held release)")
+        except releasing.ReleaseError as e:
+            raise AdminError(str(e)) from None
+        challenge_store.drop_waits(s, [message.id])
+        sender = _sender(message)
+        closed = challenge_store.close_open(s, sender, "released by admin (held release)", utcnow())
+        return Released(number, sender, closed, _still_held(s, sender))
+
+    return await db.run(release_one, write=True)
+
+
+async def discard(db, message_id: int, *, block: bool = False) -> Discarded:
+    """Drop a held message (its raw bytes stay until `purge`); `block` deletes its sender's mail from now on."""
+
+    def discard_one(s):
+        message = _held(s, message_id)
+        sender = _sender(message)
+        if block and not sender:
+            raise AdminError(f"message {message_id} has no sender address to block")
+        message.status = "deleted"
+        store.add_event(s, message, "discarded", "discarded by admin (ticketmail held discard); the raw message "
+                                                 "is kept until `held purge`")
+        challenge_store.drop_waits(s, [message.id])
+        if not block:
+            return Discarded(sender, blocked=False, still_held=0)
+        challenge_store.block(s, sender, f"ticketmail held discard {message_id} --block")
+        challenge_store.close_open(s, sender, "sender blocked by admin", utcnow())
+        store.add_event(s, message, "blocked", f"sender {sender} blocked: their mail is deleted on arrival")
+        return Discarded(sender, blocked=True, still_held=_still_held(s, sender))
+
+    return await db.run(discard_one, write=True)
+
+
+async def unblock(db, address: str) -> str:
+    """Accept mail from a blocked sender again; returns the address as stored."""
+    if not await db.run(challenge_store.unblock, address, write=True):
+        raise AdminError(f"{address} is not blocked")
+    return address.lower()
+
+
+async def purge(db, days: int) -> int:
+    """Empty held and deleted mail older than `days` (their event log stays); returns how many."""
+    if days < 0:
+        raise AdminError("--days must be 0 or more")
+
+    def purge_old(s):
+        expired = store.expired_messages(s, ("held", "deleted"), utcnow() - timedelta(days=days))
+        for m in expired:
+            was = m.status
+            m.status, m.raw, m.text, m.html, m.attachments = "purged", b"", "", "", []
+            store.add_event(s, m, "purged", f"{was} message purged after {days} days; the log entry remains")
+        return len(expired)
+
+    return await db.run(purge_old, write=True)

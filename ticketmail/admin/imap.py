@@ -1,0 +1,196 @@
+"""The IMAP accounts the bridge syncs. Passwords are encrypted with the bridge key before they reach the
+database and are never handed back."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.exc import IntegrityError
+
+from bridge.accounts import (
+    SECURITY_PORTS,
+    Account,
+    BridgeKeyError,
+    Secret,
+    account_from_row,
+    check_name,
+    decrypt,
+    encrypt,
+    load_key,
+    parse_after,
+    port_warning,
+)
+from bridge.imap import ImapError
+from bridge.probe import Report, probe
+from ingest import directory
+from storage import imap_store, store
+from storage.models import ImapAccount
+from ticketmail.admin.addresses import address
+from ticketmail.admin.errors import AdminError
+
+log = logging.getLogger("ticketmail.imap")
+
+TEST_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class NewAccount:
+    """A new account's settings, checked, not saved yet (`add` saves it)."""
+
+    settings: dict  # Account's fields but id, password, department and enabled
+    department_id: int | None  # None: the department that owns the address, looked up on each message
+    department: str
+
+
+@dataclass(frozen=True)
+class Tested:
+    account: Account
+    report: Report | None  # None: saved without testing
+
+
+@dataclass(frozen=True)
+class Status:
+    account: ImapAccount  # with its department
+    synced_by: str | None  # the `serve` process holding its lease (PostgreSQL only)
+
+
+def _settings(name, email, server, port, security, user, folder, after, poll_seconds, ca_file, verify_tls,
+              warn) -> dict:
+    try:
+        name = check_name(name)
+        after = parse_after(after)
+    except ValueError as e:
+        raise AdminError(str(e)) from None
+    if security not in SECURITY_PORTS:
+        raise AdminError(f"security {security!r}: one of {', '.join(SECURITY_PORTS)}")
+    port = port or SECURITY_PORTS[security]
+    if not 0 < port < 65536:
+        raise AdminError(f"--port {port}: not a TCP port")
+    if warning := port_warning(port):
+        warn(warning)
+    if poll_seconds < 5:
+        raise AdminError("--poll-seconds must be 5 or more")
+    if ca_file:
+        path = Path(ca_file).expanduser().resolve()
+        if not path.is_file():
+            raise AdminError(f"--ca-file {ca_file}: no such file")
+        ca_file = str(path)
+    email = address(email)
+    return dict(name=name, email=email, server=server.strip(), port=port, security=security,
+                username=user or email, folder=folder, after=after, poll_seconds=poll_seconds,
+                ca_file=ca_file, verify_tls=verify_tls)
+
+
+async def prepare(db, name: str, *, email: str, server: str, port: int | None = None, security: str = "tls",
+                  user: str = "", folder: str = "INBOX", after: str = "seen", department: str = "",
+                  poll_seconds: int = 60, ca_file: str = "", verify_tls: bool = True,
+                  warn: Callable[[str], None]) -> NewAccount:
+    """Check a new account's settings before its password is asked; `warn` gets each risk, in order."""
+    settings = _settings(name, email, server, port, security, user, folder, after, poll_seconds, ca_file,
+                         verify_tls, warn)
+
+    def resolve(s) -> tuple[int | None, str]:
+        if imap_store.account_by_name(s, settings["name"]):
+            raise AdminError(f"IMAP account {settings['name']!r} already exists")
+        if department:
+            dept = store.department_by_name(s, department)
+            if dept is None:
+                raise AdminError(f"no department {department!r} (see `ticketmail department list`)")
+            return dept.id, dept.name
+        owner = directory.load(s).department_for(settings["email"])
+        if owner is None:
+            raise AdminError(f"no department owns {settings['email']}: give --department NAME, or add the "
+                             "address to a department")
+        return None, owner.name
+
+    department_id, department_name = await db.run(resolve)
+    if security == "none":
+        warn("--security none: the password and the mail cross the network in clear")
+    if not verify_tls and security != "none":
+        warn("--insecure-skip-verify: the server's TLS certificate is not checked (anyone in between "
+             "can read the password)")
+        log.warning("imap %s: TLS certificate verification turned off by the admin", settings["name"])
+    return NewAccount(settings, department_id, department_name)
+
+
+async def add(db, bridge_config, new: NewAccount, password: Secret, *, check: bool = True) -> Tested:
+    """Save the account, after connecting with `password` when `check` (if that fails, nothing is saved)."""
+    if not password.reveal():
+        raise AdminError("the password is empty; nothing saved")
+    account = Account(id=0, password=password, department=new.department, enabled=True, **new.settings)
+    report = None
+    if check:
+        try:
+            report = await probe(account, TEST_TIMEOUT)
+        except ImapError as e:
+            raise AdminError(f"imap test {account.name}: {e} (nothing saved; --no-test saves it anyway)") from None
+    try:
+        key = load_key(bridge_config, create=True)
+    except BridgeKeyError as e:
+        raise AdminError(str(e)) from None
+
+    def save(s):
+        s.add(ImapAccount(
+            name=account.name, email=account.email, server=account.server, port=account.port,
+            security=account.security, username=account.username, password_encrypted=encrypt(key, password.reveal()),
+            folder=account.folder, after_action=str(account.after), department_id=new.department_id,
+            poll_seconds=account.poll_seconds, ca_file=account.ca_file, verify_tls=account.verify_tls, enabled=True,
+        ))
+
+    try:
+        await db.run(save, write=True)
+    except IntegrityError:
+        raise AdminError(f"IMAP account {account.name!r} already exists") from None
+    return Tested(account, report)
+
+
+async def test(db, bridge_config, name: str) -> Tested:
+    """Connect, log in and open the folder; changes nothing on the server."""
+    row = await db.run(imap_store.account_by_name, name)
+    if row is None:
+        raise AdminError(f"no IMAP account {name!r} (see `ticketmail imap list`)")
+    try:
+        account = account_from_row(row, decrypt(load_key(bridge_config), row.password_encrypted, row.name))
+    except BridgeKeyError as e:
+        raise AdminError(str(e)) from None
+    try:
+        return Tested(account, await probe(account, TEST_TIMEOUT))
+    except ImapError as e:
+        raise AdminError(f"imap test {account.name}: {e}") from None
+
+
+async def list_all(db) -> list[Status]:
+    """Every account by name, with who syncs it."""
+
+    def collect(s):
+        holders = imap_store.lease_holders(s) if not db.is_sqlite else {}
+        return [Status(a, holders[a.id][0] if a.id in holders else None) for a in imap_store.accounts(s)]
+
+    return await db.run(collect)
+
+
+async def _change(db, name: str, change) -> str:
+    def apply(s):
+        row = imap_store.account_by_name(s, name)
+        if row is None:
+            raise AdminError(f"no IMAP account {name!r} (see `ticketmail imap list`)")
+        change(s, row)
+        return row.name
+
+    return await db.run(apply, write=True)
+
+
+async def remove(db, name: str) -> str:
+    """Remove the account (the mail it imported stays); returns its name as stored."""
+    return await _change(db, name, lambda s, row: s.delete(row))
+
+
+async def enable(db, name: str) -> str:
+    return await _change(db, name, lambda s, row: setattr(row, "enabled", True))
+
+
+async def disable(db, name: str) -> str:
+    return await _change(db, name, lambda s, row: setattr(row, "enabled", False))
