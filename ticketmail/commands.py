@@ -22,7 +22,7 @@ async def department_list(db, config, args):
 
 
 async def customer_add(db, config, args):
-    customer = await customers.add(db, args.email, args.name)
+    customer = await customers.add(db, args.email, args.name, added_by="cli")
     say(f"customer {customer.email} added")
 
 

@@ -8,7 +8,8 @@ from ticketmail.admin.addresses import address
 from ticketmail.admin.errors import AdminError
 
 
-async def add(db, email: str, name: str = "", added_by: str = "cli") -> Customer:
+async def add(db, email: str, name: str = "", *, added_by: str) -> Customer:
+    """A verified customer; `added_by` says where (the CLI, the web panel)."""
     email = address(email)
 
     def create(s):
