@@ -19,9 +19,10 @@ from email.utils import parseaddr
 
 from bridge.accounts import Account
 from bridge.imap import Connection, ImapError, Mailbox, describe, redact, shows_password
+from ingest.delivery import Delivery
 from ingest.parse import ParsedMessage, parse_message
 from ingest.periodic import raise_if_cancelled
-from ingest.pipeline import Delivery, Pipeline
+from ingest.pipeline import Pipeline
 from storage import imap_store
 from storage.database import Database
 

@@ -15,8 +15,9 @@ import logging
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import syntax
 
+from ingest.delivery import Delivery, Outcome
 from ingest.parse import parse_message
-from ingest.pipeline import Delivery, Outcome, Pipeline
+from ingest.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 

@@ -10,59 +10,19 @@ on the second core instead of taking turns with the LMTP sessions for this inter
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import itertools
 import logging
-import pickle
-import struct
 import sys
-from dataclasses import dataclass
 
-from ingest import directory
+from ingest import directory, writer_pipe
+from ingest.delivery import Delivery, Outcome
 from ingest.parse import ParsedMessage
 from storage import store
 from storage.database import Database
 from storage.models import Attachment, Message
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    raw: bytes
-    sender: str  # envelope sender, "" for the null sender
-    recipient: str  # envelope recipient (IMAP: the account's address)
-    source: str = "lmtp"  # lmtp | imap:NAME
-    source_key: str = ""  # IMAP: "UIDVALIDITY/UID"
-    department: str | None = None  # None: the department that owns `recipient`
-    account: str = ""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: str  # ticket | followup | auto_reply | held | deleted | rejected | ignored
-    ticket: int | None
-    reason: str
-    duplicate: bool = False
-
-
-# The pipe between the pipeline and its writer process: length-prefixed pickles; but a job (a
-# delivery) is a header with two lengths, the pickled delivery without its raw bytes, and then the raw
-# bytes as they are, written a piece at a time: pickling them would copy the message twice more.
-LENGTH = struct.Struct("!I")
-JOB = struct.Struct("!II")
-PIECE = 1 << 20
-
-
-def frame(obj) -> bytes:
-    data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
-    return LENGTH.pack(len(data)) + data
-
-
-async def read_frame(reader: asyncio.StreamReader):
-    (length,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
-    return pickle.loads(await reader.readexactly(length))
 
 
 class StorageError(RuntimeError):
@@ -76,6 +36,7 @@ class Pipeline:
         self.challenge = challenge  # ingest.challenges.ChallengeSettings; None: the defaults
         self.directory = directory.Directory()
         self._proc: asyncio.subprocess.Process | None = None
+        self._from_writer: writer_pipe.Receiver | None = None
         self._answers: asyncio.Task | None = None
         self._waiting: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
@@ -85,14 +46,14 @@ class Pipeline:
 
     async def start(self) -> None:
         self.directory = await self.db.run(directory.load)
-        # The database URL may hold a password: it goes over the pipe, not on the command line.
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ingest.writer", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
-        self._proc.stdin.write(frame((self.db.url, self.ticket_prefix, self.challenge)))
-        hello = await read_frame(self._proc.stdout)
-        if hello != "ready":
-            raise StorageError(f"the writer process could not start: {hello}")
+        self._from_writer = writer_pipe.Receiver(self._proc.stdout)
+        await writer_pipe.send(self._proc.stdin, writer_pipe.Start(self.db.url, self.ticket_prefix, self.challenge))
+        hello = await self._from_writer.read()
+        if not isinstance(hello, writer_pipe.Ready):
+            raise StorageError(f"the writer process could not start: {getattr(hello, 'reason', 'it exited')}")
         self._answers = asyncio.create_task(self._read_answers(), name="pipeline-answers")
 
     async def stop(self) -> None:
@@ -121,31 +82,25 @@ class Pipeline:
         job_id = next(self._ids)
         answer = self._waiting[job_id] = asyncio.get_running_loop().create_future()
         # Shielded: a job cut off half-way (its LMTP client went away) would garble the pipe.
-        await asyncio.shield(self._send(job_id, delivery, parsed))
+        await asyncio.shield(self._send(writer_pipe.Job(job_id, delivery, parsed)))
         return await answer
 
-    async def _send(self, job_id: int, delivery: Delivery, parsed: ParsedMessage | None) -> None:
-        meta = pickle.dumps((job_id, dataclasses.replace(delivery, raw=b""), parsed), pickle.HIGHEST_PROTOCOL)
-        raw, pipe = memoryview(delivery.raw), self._proc.stdin
+    async def _send(self, job: writer_pipe.Job) -> None:
         async with self._sending:
-            pipe.write(JOB.pack(len(meta), len(raw)) + meta)
-            for at in range(0, len(raw), PIECE):
-                pipe.write(raw[at : at + PIECE])
-                await pipe.drain()
+            await writer_pipe.send(self._proc.stdin, job)
 
     async def _read_answers(self) -> None:
         try:
-            while True:
-                for job_id, result in await read_frame(self._proc.stdout):
-                    answer = self._waiting.pop(job_id)
+            while (answers := await self._from_writer.read()) is not None:
+                for a in answers.answers:
+                    answer = self._waiting.pop(a.job_id)
                     if answer.done():
                         continue  # the caller went away (connection lost); the MTA retries and finds it stored
-                    if isinstance(result, Outcome):
-                        answer.set_result(result)
+                    if a.outcome:
+                        answer.set_result(a.outcome)
                     else:
-                        answer.set_exception(StorageError(result))
-        except asyncio.IncompleteReadError:  # the writer exited
-            if not self._stopping:
+                        answer.set_exception(StorageError(a.error))
+            if not self._stopping:  # the writer exited
                 log.critical("the pipeline's writer process died (exit code %s)", await self._proc.wait())
                 self.failed.set()
         finally:

@@ -1,8 +1,8 @@
 """The pipeline's writer process: `python -m ingest.writer`, started by ingest/pipeline.py.
 
-It reads pickled deliveries from stdin and commits whatever has arrived as one group: the whole
-group in one savepoint, or, if anything in it fails, one message at a time, so a bad message fails
-alone. It answers each group with one frame on stdout. On SQLite it writes through the blocking
+It reads jobs (deliveries) from stdin (ingest/writer_pipe.py) and commits whatever has arrived as one
+group: the whole group in one savepoint, or, if anything in it fails, one message at a time, so a bad
+message fails alone. It answers each group with one message on stdout. On SQLite it writes through the blocking
 sqlite3 driver (through aiosqlite every statement would be a round trip through a second thread);
 on PostgreSQL through asyncpg. Signals are ignored: the parent stops it by closing stdin.
 """
@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import pickle
 import signal
 import sys
 
 from sqlalchemy.exc import IntegrityError
 
-from ingest import chain, directory, logs, tickets
+from ingest import chain, directory, logs, tickets, writer_pipe
+from ingest.delivery import Outcome
 from ingest.parse import parse_message
-from ingest.pipeline import JOB, Outcome, dedup_key, frame, outcome, read_frame, record
+from ingest.pipeline import dedup_key, outcome, record
+from ingest.writer_pipe import Answer, Answers, Failed, Job, Ready, Start
 from storage import store
 from storage.database import Database
 from storage.models import Message
@@ -28,41 +29,31 @@ from storage.models import Message
 log = logging.getLogger("ticketmail.writer")
 
 class Inbox:
-    """Jobs as they come through the pipe (see ingest/pipeline.py), and whether one is on its way."""
+    """Jobs as they come through the pipe, and whether one is on its way."""
 
-    def __init__(self, reader: asyncio.StreamReader):
-        self.reader, self.jobs, self.arriving = reader, asyncio.Queue(), False
+    def __init__(self, receiver: writer_pipe.Receiver):
+        self.receiver, self.jobs = receiver, asyncio.Queue()
 
     async def receive(self) -> None:
         """Read jobs until the parent closes the pipe; then a None."""
-        try:
-            while True:
-                meta_length, raw_length = JOB.unpack(await self.reader.readexactly(JOB.size))
-                self.arriving = True
-                job_id, delivery, parsed = pickle.loads(await self.reader.readexactly(meta_length))
-                raw = await self.reader.readexactly(raw_length)
-                self.jobs.put_nowait((job_id, dataclasses.replace(delivery, raw=raw), parsed))
-                self.arriving = False
-        except asyncio.IncompleteReadError:
-            pass
-        finally:
-            self.arriving = False
-            self.jobs.put_nowait(None)
+        while (job := await self.receiver.read()) is not None:
+            self.jobs.put_nowait(job)
+        self.jobs.put_nowait(None)
 
-    async def group(self) -> list | None:
+    async def group(self) -> list[Job] | None:
         """The jobs that have arrived, waiting for one still on its way while the group is small;
         None once the pipe is closed and every job has been handed out."""
         first = await self.jobs.get()
         if first is None:
             return None
-        group, size = [first], len(first[1].raw)
-        while not self.jobs.empty() or (self.arriving and size < GROUP_BYTES):
+        group, size = [first], len(first.delivery.raw)
+        while not self.jobs.empty() or (self.receiver.arriving and size < GROUP_BYTES):
             job = await self.jobs.get()
             if job is None:
                 self.jobs.put_nowait(None)  # for the next call
                 break
             group.append(job)
-            size += len(job[1].raw)
+            size += len(job.delivery.raw)
         return group
 
 
@@ -79,9 +70,10 @@ class Writer:
             self.sync_sessions.kw["bind"].dispose()
         await self.db.dispose()
 
-    async def commit(self, jobs: list) -> list[tuple[int, Outcome | str]]:
-        """Store a group of (id, delivery, parsed); an outcome, or the reason of the failure, for each."""
-        jobs = [(i, d, parse_message(d.raw) if p is None else p) for i, d, p in jobs]
+    async def commit(self, jobs: list[Job]) -> list[Answer]:
+        """Store a group of jobs; an outcome, or the reason of the failure, for each."""
+        jobs = [dataclasses.replace(job, parsed=parse_message(job.delivery.raw)) if job.parsed is None else job
+                for job in jobs]
         try:
             if self.sync_sessions:
                 with self.sync_sessions() as session, session.begin():
@@ -91,17 +83,17 @@ class Writer:
         except Exception as e:  # the commit itself failed: nothing of this group is stored
             log.exception("commit of %d messages failed", len(jobs))
             results = [e] * len(jobs)
-        return [(job[0], r if isinstance(r, Outcome) else f"{type(r).__name__}: {r}".splitlines()[0])
-                for job, r in zip(jobs, results)]
+        return [Answer(job.id, r) if isinstance(r, Outcome) else
+                Answer(job.id, error=f"{type(r).__name__}: {r}".splitlines()[0]) for job, r in zip(jobs, results)]
 
-    def _process_all(self, session, jobs: list) -> list[Outcome | Exception]:
+    def _process_all(self, session, jobs: list[Job]) -> list[Outcome | Exception]:
         """The whole group in one savepoint; if anything in it fails, again one message at a time."""
         self.directory = directory.refresh(session, self.directory)
-        keys = [dedup_key(job[1], self.directory) for job in jobs]
+        keys = [dedup_key(job.delivery, self.directory) for job in jobs]
         try:
             with session.begin_nested():
                 seen = store.messages_by_key(session, keys)
-                store.prefetch_customers(session, {chain.sender_address(j[2], j[1].sender) for j in jobs})
+                store.prefetch_customers(session, {chain.sender_address(j.parsed, j.delivery.sender) for j in jobs})
                 stored = [self._process(session, job, key, seen) for job, key in zip(jobs, keys)]
                 session.flush()
                 store.write_deferred_blobs(session)
@@ -111,7 +103,7 @@ class Writer:
             store.forget_customers(session)
         return [self._process_one(session, job, key) for job, key in zip(jobs, keys)]
 
-    def _process_one(self, session, job, key: str) -> Outcome | Exception:
+    def _process_one(self, session, job: Job, key: str) -> Outcome | Exception:
         session.info.pop("blobs", None)  # of the failed attempt before
         try:
             with session.begin_nested():
@@ -124,18 +116,18 @@ class Writer:
             existing = store.messages_by_key(session, [key]).get(key)
             if existing:
                 return outcome(existing, "already delivered", duplicate=True)
-            log.exception("storing message from %s failed", job[1].sender)
+            log.exception("storing message from %s failed", job.delivery.sender)
             return RuntimeError("integrity error")
         except Exception as e:
-            log.exception("storing message from %s to %s failed", job[1].sender, job[1].recipient)
+            log.exception("storing message from %s to %s failed", job.delivery.sender, job.delivery.recipient)
             return e
 
-    def _process(self, session, job, key: str, seen: dict[str, Message]) -> tuple[Message, str, bool]:
+    def _process(self, session, job: Job, key: str, seen: dict[str, Message]) -> tuple[Message, str, bool]:
         """Record, decide and act on one delivery; returns the stored message, the reason, and
         whether it had been stored before."""
         if key in seen:
             return seen[key], "already delivered", True
-        _, d, parsed = job
+        d, parsed = job.delivery, job.parsed
         message = seen[key] = record(d, parsed, key)
         session.add(message)
         store.defer_large_blob(session, message, "raw", d.raw)
@@ -170,20 +162,19 @@ async def serve() -> None:
     reader = asyncio.StreamReader(limit=2**31)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
     out = sys.stdout.buffer
-    url, ticket_prefix, challenge = await read_frame(reader)
+    receiver = writer_pipe.Receiver(reader)
+    start: Start = await receiver.read()
     try:
-        writer = Writer(url, ticket_prefix, challenge)
+        writer = Writer(start.url, start.ticket_prefix, start.challenge)
     except Exception as e:
-        out.write(frame(f"{type(e).__name__}: {e}")) or out.flush()
+        writer_pipe.write(out, Failed(f"{type(e).__name__}: {e}"))
         return
-    out.write(frame("ready"))
-    out.flush()
-    inbox = Inbox(reader)
+    writer_pipe.write(out, Ready())
+    inbox = Inbox(receiver)
     receiving = asyncio.create_task(inbox.receive())
     try:
         while (jobs := await inbox.group()) is not None:  # all that arrived while the last group was committing
-            out.write(frame(await writer.commit(jobs)))
-            out.flush()
+            writer_pipe.write(out, Answers(await writer.commit(jobs)))
         await receiving
     finally:
         await writer.close()

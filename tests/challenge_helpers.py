@@ -18,9 +18,10 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from sqlalchemy import func, select
 
 from ingest.challenges import ChallengeSettings
+from ingest.delivery import Delivery
 from ingest.lmtp import Limits, LMTPListener
 from ingest.outbox import OutboxSender
-from ingest.pipeline import Delivery, Pipeline
+from ingest.pipeline import Pipeline
 from ingest.sweeper import Sweeper
 from storage.database import Database
 from storage.models import Outbox

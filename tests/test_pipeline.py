@@ -211,7 +211,8 @@ async def test_same_delivery_racing_in_two_processes_is_stored_once(cli, db):
     """Two ticketmail processes (two pipelines, two engines) get the same message at the same time."""
     import asyncio
 
-    from ingest.pipeline import Delivery, Pipeline
+    from ingest.delivery import Delivery
+    from ingest.pipeline import Pipeline
     from storage.database import Database
 
     await helpdesk(cli)

@@ -11,7 +11,7 @@ import re
 import sys
 from urllib.parse import quote
 
-from ingest.pipeline import Delivery
+from ingest.delivery import Delivery
 from tests.bridge_helpers import SUPPORT, bridge_key, departments  # noqa: F401 - fixtures
 
 # Clear the screen, retitle the window, put a command in the clipboard (OSC 52), a C1 CSI (U+009B),

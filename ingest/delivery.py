@@ -1,0 +1,24 @@
+"""What a caller hands the pipeline (a Delivery) and what it gets back once committed (an Outcome)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Delivery:
+    raw: bytes
+    sender: str  # envelope sender, "" for the null sender
+    recipient: str  # envelope recipient (IMAP: the account's address)
+    source: str = "lmtp"  # lmtp | imap:NAME
+    source_key: str = ""  # IMAP: "UIDVALIDITY/UID"
+    department: str | None = None  # None: the department that owns `recipient`
+    account: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # ticket | followup | auto_reply | held | deleted | rejected | ignored
+    ticket: int | None
+    reason: str
+    duplicate: bool = False
