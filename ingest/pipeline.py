@@ -10,7 +10,6 @@ on the second core instead of taking turns with the LMTP sessions for this inter
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import logging
 import sys
@@ -18,9 +17,7 @@ import sys
 from ingest import directory, writer_pipe
 from ingest.delivery import Delivery, Outcome
 from ingest.parse import ParsedMessage
-from storage import store
 from storage.database import Database
-from storage.models import Attachment, Message
 
 log = logging.getLogger(__name__)
 
@@ -108,51 +105,3 @@ class Pipeline:
                 if not answer.done():
                     answer.set_exception(StorageError("the writer process stopped"))
             self._waiting.clear()
-
-
-def outcome(message: Message, reason: str, duplicate: bool = False) -> Outcome:
-    return Outcome(message.status, message.ticket_id, reason, duplicate)
-
-
-def dedup_key(delivery: Delivery, directory_: directory.Directory) -> str:
-    """Same bytes for the same department are the same delivery (an MTA retry, an IMAP re-fetch)."""
-    digest = hashlib.sha256(delivery.raw).hexdigest()
-    dept = directory_.department(delivery.department) or directory_.department_for(delivery.recipient)
-    return f"{digest}:{dept.id if dept else delivery.recipient.lower()}"
-
-
-def record(d: Delivery, parsed: ParsedMessage, key: str) -> Message:
-    """The stored form of a delivery: raw bytes byte-exact, plus what parsing found."""
-    return Message(
-        dedup_key=key,
-        status="new",
-        message_id=store.clean(parsed.message_id)[:998] if parsed.message_id else None,
-        from_addr=store.clean(parsed.from_addr)[:320],
-        from_name=store.clean(parsed.from_name),
-        to_addrs=[store.clean(a) for a in parsed.to],
-        cc_addrs=[store.clean(a) for a in parsed.cc],
-        subject=store.clean(parsed.subject),
-        date=parsed.date,
-        text=store.clean(parsed.text),
-        html=store.clean(parsed.html),
-        raw=d.raw,
-        sha256=key.split(":")[0],
-        size=len(d.raw),
-        source=d.source,
-        source_key=d.source_key,
-        envelope_sender=store.clean(d.sender),
-        envelope_recipient=store.clean(d.recipient),
-        attachments=[
-            Attachment(
-                filename=store.clean(a.filename),
-                content_type=store.clean(a.content_type)[:200],
-                size=a.size,
-                sha256=a.sha256,
-                content=a.content,
-                content_id=store.clean(a.content_id)[:998] if a.content_id else None,
-                inline=a.inline,
-            )
-            for a in parsed.attachments
-        ],
-        events=[],
-    )

@@ -6,10 +6,11 @@ look up tickets, customers or blocked senders get a real session (SQLite and Pos
 from __future__ import annotations
 
 from ingest import chain
+from ingest.delivery import Delivery
 from ingest.directory import DepartmentInfo, Directory
 from ingest.parse import parse_message
-from ingest.pipeline import Delivery, record
 from ingest.rules import RuleSet, rules_from_data
+from ingest.writer import record
 from storage.models import BlockedSender, Customer, Ticket
 from tests.mail import message
 
