@@ -31,6 +31,8 @@ from functools import cached_property, lru_cache
 from html.parser import HTMLParser
 from typing import Iterator
 
+import chardet
+
 MAX_DEPTH = 50                  # multipart levels we descend; deeper subtrees become one attachment
 MAX_WARNINGS = 100              # hostile input can produce thousands of defects
 MAX_ADDRESS_CHARS = 64 * 1024   # getaddresses is pure Python: a 1 MB To header would take seconds
@@ -106,13 +108,49 @@ def _short(value: str, limit: int = 60) -> str:
 
 # --- charsets -------------------------------------------------------------------------------------
 
-# Labels Python lacks or that mail clients use for a superset (as browsers do, per WHATWG).
+# Labels Python lacks, and labels mail clients use for a superset (as browsers do, per WHATWG): each
+# label's codecs, tried in order. ISO-2022-JP: strict first, then as Microsoft writes it (CP50221, with
+# NEC's ① and Ⅰ), then Shift_JIS, which Japanese senders often label ISO-2022-JP.
 _CHARSET_ALIASES = {
-    "iso-8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252", "gb2312": "gb18030",
-    "gbk": "gb18030", "x-gbk": "gb18030", "ks_c_5601-1987": "cp949", "euc-kr": "cp949",
-    "windows-874": "cp874", "iso-8859-8-i": "iso-8859-8", "x-mac-roman": "mac-roman",
-    "x-sjis": "cp932", "shift_jis": "cp932", "shift-jis": "cp932",
+    "iso-8859-1": ("cp1252", "latin-1"), "latin1": ("cp1252", "latin-1"), "latin-1": ("cp1252", "latin-1"),
+    "us-ascii": ("ascii",), "ascii": ("ascii",),
+    "gb2312": ("gb18030",), "gbk": ("gb18030",), "x-gbk": ("gb18030",), "gb_2312-80": ("gb18030",),
+    "ks_c_5601-1987": ("cp949",), "euc-kr": ("cp949",), "windows-874": ("cp874",), "tis-620": ("cp874",),
+    "iso-8859-8-i": ("iso-8859-8",), "x-mac-roman": ("mac-roman",), "big5": ("big5hkscs",),
+    "x-sjis": ("cp932",), "shift_jis": ("cp932",), "shift-jis": ("cp932",), "sjis": ("cp932",),
+    "iso-2022-jp": ("iso2022_jp", "cp50221", "cp932"), "csiso2022jp": ("iso2022_jp", "cp50221", "cp932"),
 }
+
+_ISO2022JP_SHIFT = re.compile(rb"\x1b(\$[@B]|\([BJI])")
+
+
+def _cp50221(data: bytes) -> str:
+    """ISO-2022-JP as Microsoft writes it: JIS X 0208 plus the NEC and IBM rows (①, Ⅰ, ㈱) that
+    Python's iso2022_jp refuses, read as Shift_JIS (cp932), which holds the same characters."""
+    if not data.isascii():
+        raise ValueError("8-bit bytes in ISO-2022-JP")
+    out, mode, pos = [], b"(B", 0
+    for shift in itertools.chain(_ISO2022JP_SHIFT.finditer(data), [None]):
+        run = data[pos : shift.start() if shift else len(data)]
+        if mode in (b"$B", b"$@"):
+            if len(run) % 2 or not all(0x21 <= b <= 0x7e for b in run):
+                raise ValueError("not a JIS X 0208 pair")
+            sjis = bytearray()
+            for j1, j2 in zip(run[::2], run[1::2]):  # JIS row/cell to Shift_JIS lead/trail byte
+                lead = ((j1 - 0x21) >> 1) + 0x81
+                sjis += bytes((lead + 0x40 if lead > 0x9f else lead,
+                               j2 + 0x1f + (j2 >= 0x60) if j1 & 1 else j2 + 0x7e))
+            out.append(sjis.decode("cp932"))
+        elif mode == b"(I":  # half-width katakana
+            out.append(bytes(b | 0x80 for b in run).decode("cp932"))
+        else:
+            out.append(run.decode("ascii"))
+        if shift:
+            mode, pos = shift.group(1), shift.end()
+    return "".join(out)
+
+
+_DECODERS = {"cp50221": _cp50221}
 
 
 @lru_cache(maxsize=256)
@@ -120,7 +158,10 @@ def _codecs(charset: str) -> tuple[str, ...]:
     """Python text codecs for a MIME charset label, preferred superset first; () if unknown."""
     label = charset.strip().strip("\"'").lower()
     found = []
-    for name in (_CHARSET_ALIASES.get(label), label):
+    for name in (*_CHARSET_ALIASES.get(label, ()), label):
+        if name in _DECODERS:
+            found.append(name)
+            continue
         try:
             info = codecs.lookup(name) if name else None
         except (LookupError, ValueError, TypeError):
@@ -131,27 +172,99 @@ def _codecs(charset: str) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _mostly(data: bytes, codec: str) -> str | None:
+    """`data` decoded with replacement if most of its 8-bit characters are valid in `codec` (a few broken
+    bytes in real text), else None (a wrong label: nearly every 8-bit byte would be lost)."""
+    text = data.decode(codec, "replace")
+    bad = text.count("\ufffd")
+    good = len(text) - len(text.encode("ascii", "ignore")) - bad
+    return text if good >= 4 * bad else None
+
+
+_DETECT_BYTES = 64 * 1024
+_SINGLE_BYTE_SCRIPTS = frozenset({  # non-Latin scripts chardet may name for a few accented Latin words
+    "cp1251", "cp1253", "cp1255", "cp1256", "koi8-r", "koi8-u", "iso8859-5", "iso8859-6", "iso8859-7",
+    "iso8859-8", "mac-cyrillic", "mac-greek", "cp866", "cp874", "tis-620"})
+_EIGHT_BIT_RUN = re.compile(rb"[\x80-\xff]+")
+_WORD = re.compile(r"\w+")
+
+
+def _eight_bit_lines(data: bytes, context: int = 200) -> bytes:
+    """The lines of `data` that hold 8-bit bytes (at most `context` bytes either side of them), up to
+    _DETECT_BYTES in all: in a long ASCII text, chardet would not hear one line of Chinese."""
+    lines, end, size = [], 0, 0
+    for run in _EIGHT_BIT_RUN.finditer(data):
+        if run.start() < end:
+            continue
+        start = max(data.rfind(b"\n", 0, run.start()) + 1, run.start() - context)
+        end = data.find(b"\n", run.end())
+        end = min(len(data) if end < 0 else end, run.end() + context)
+        lines.append(data[start:end])
+        size += end - start
+        if size >= _DETECT_BYTES:
+            break
+    return b"\n".join(lines)
+
+
+def _odd_words(text: str) -> int:
+    """Words no language writes: ASCII letters and other scripts mixed ("Cafι"), or a capital letter
+    after a small one ("дцьЯ")."""
+    def odd(word: str) -> bool:
+        mixed = any(c.isascii() for c in word) and any(c > "\u024f" for c in word)  # past Latin Extended-B
+        return mixed or any(a.islower() and b.isupper() for a, b in zip(word, word[1:]))
+    return sum(1 for word in _WORD.findall(text) if not word.isascii() and odd(word))
+
+
+def _detect(data: bytes) -> str:
+    """The charset of 8-bit text that no label describes, by chardet (on the lines with 8-bit bytes);
+    cp1252 where it reads the same, or where chardet, on a few words, took accented Latin for another
+    script (its reading has more odd words than cp1252's)."""
+    sample = _eight_bit_lines(data)
+    found = chardet.detect(sample, encoding_era=chardet.EncodingEra.MODERN_WEB, prefer_superset=True)
+    codec = next(iter(_codecs(found["encoding"] or "")), "cp1252")
+    if codec == "cp1252" or codec.startswith("utf"):
+        return codec
+    text, western = sample.decode(codec, "replace"), sample.decode("cp1252", "replace")
+    if text == western or (codec in _SINGLE_BYTE_SCRIPTS and _odd_words(text) > _odd_words(western)):
+        return "cp1252"
+    return codec
+
+
 def _decode_bytes(data: bytes, charset: str | None, where: str, w: _Warnings) -> str:
-    """Decode with the declared charset, else UTF-8, cp1252, latin-1 (which always succeeds); warn on fallback."""
+    """Decode by the declared charset (its supersets first, then with replacement if only a few bytes are
+    broken); 8-bit text without a usable label as UTF-8 if it is mostly UTF-8, else as the detected
+    charset. Warns unless the declared charset, or undeclared UTF-8 (RFC 6532), decoded it."""
+    label = _short(charset, 30) if charset else ""
     declared = _codecs(charset) if charset else ()
     for codec in declared:
         try:
-            return data.decode(codec)
+            return _DECODERS[codec](data) if codec in _DECODERS else data.decode(codec)
         except Exception:  # UnicodeDecodeError, or a stateful codec's own errors
             pass
-    for fallback in ("utf-8", "cp1252", "latin-1"):
-        try:
-            text = data.decode(fallback)
-        except UnicodeDecodeError:
-            continue
-        if charset and not declared:
-            w.add(f"unknown charset {_short(charset, 30)} in {where}, decoded as {fallback}")
-        elif charset:
-            w.add(f"text in {where} is not valid {_short(charset, 30)}, decoded as {fallback}")
-        elif fallback != "utf-8":  # undeclared UTF-8 is normal (RFC 6532); anything else is a guess
-            w.add(f"undecodable bytes in {where}, decoded as {fallback}")
-        return text
-    raise AssertionError("latin-1 decodes any bytes")
+    if data.isascii():  # 7-bit: the label may be wrong, but no other charset would read it better
+        if declared:
+            w.add(f"text in {where} is not valid {label}, undecodable bytes replaced")
+            return data.decode(declared[0], "replace")
+        if charset:
+            w.add(f"unknown charset {label} in {where}, decoded as ascii")
+        return data.decode("ascii")
+    codec, text = "", None
+    for candidate in dict.fromkeys(c for c in (*declared[:1], "utf-8") if c not in _DECODERS):
+        if (text := _mostly(data, candidate)) is not None:
+            codec = candidate
+            break
+    if text is None:
+        codec = _detect(data)
+        text = data.decode(codec, "replace")
+    if declared and codec == declared[0]:
+        w.add(f"text in {where} is not valid {label}, undecodable bytes replaced")
+    elif charset and not declared:
+        w.add(f"unknown charset {label} in {where}, decoded as {codec}")
+    elif charset:
+        w.add(f"text in {where} is not valid {label}, decoded as {codec}")
+    elif codec != "utf-8" or "\ufffd" in text:
+        w.add(f"undecodable bytes in {where}, decoded as {codec}")
+    return text
 
 
 _UNSAFE = re.compile("[\x00\ud800-\udfff]")
@@ -269,8 +382,8 @@ def _date(value: str, w: _Warnings) -> datetime | None:
 
 @dataclass
 class _Body:
-    text: str | None = None
-    html: str | None = None
+    texts: list[tuple[str, str]] = field(default_factory=list)  # (type, text or markup) of inline text parts
+    html: str | None = None  # the markup of the first HTML part
     attachments: list[Attachment] = field(default_factory=list)
 
 
@@ -416,7 +529,9 @@ def _sort(part: Message, n: int, body: _Body, numbers: Iterator[int], linesep: s
     children = part.get_payload() if part.is_multipart() else None
     if children is not None and ctype.startswith("multipart/") and depth < MAX_DEPTH:
         _defects(part, n, w)
-        for child in children:
+        if ctype == "multipart/alternative":
+            _alternatives(children, body, numbers, linesep, w, depth)
+        for child in children if ctype != "multipart/alternative" else ():
             _walk(child, body, numbers, linesep, w, depth + 1)
         return
     if children is not None:  # message/* (kept whole), or nesting past MAX_DEPTH
@@ -432,12 +547,43 @@ def _sort(part: Message, n: int, body: _Body, numbers: Iterator[int], linesep: s
         ctype = "text/plain"  # no boundary or unparsed structure: show the body rather than hide it
     is_body = (ctype in ("text/plain", "text/html") and not filename
                and view.get_content_disposition() != "attachment")
-    if is_body and ctype == "text/plain" and body.text is None:
-        body.text = _text(content, view, f"part {n}", w)
-    elif is_body and ctype == "text/html" and body.html is None:
-        body.html = _text(content, view, f"part {n}", w)
+    if is_body:  # every inline text part, in order: Apple Mail puts text, image, text, PDF, text
+        body.texts.append((ctype, _text(content, view, f"part {n}", w)))
+        if ctype == "text/html" and body.html is None:
+            body.html = body.texts[-1][1]
     else:
         body.attachments.append(_attachment(part, view, n, ctype, content, filename, w))
+
+
+def _alternatives(children: list[Message], body: _Body, numbers: Iterator[int], linesep: str, w: _Warnings,
+                  depth: int) -> None:
+    """One of multipart/alternative's versions for the body: the first with text/plain that is not
+    blank, else the last (richest) that is not blank; the attachments of all."""
+    versions = []
+    for child in children:
+        version = _Body()
+        _walk(child, version, numbers, linesep, w, depth + 1)
+        versions.append(version)
+        body.attachments.extend(version.attachments)
+    shown = next((v for v in versions if any(t.strip() for c, t in v.texts if c == "text/plain")), None)
+    shown = shown or next((v for v in reversed(versions) if any(t.strip() for _, t in v.texts)), None)
+    body.texts.extend(shown.texts if shown else ())
+    body.html = body.html or next((v.html for v in versions if v.html is not None), None)
+
+
+def _body_text(body: _Body, w: _Warnings) -> str:
+    """The text a reader sees: the inline text parts that are not blank (HTML rendered as text),
+    a blank line between two, and a part that repeats the one before once (an alternative whose
+    boundary is broken arrives as two parts of multipart/mixed)."""
+    pieces = [(ctype, text if ctype == "text/plain" else _html_to_text(text, w)) for ctype, text in body.texts]
+    shown: list[tuple[str, str]] = []
+    for ctype, piece in pieces:
+        if piece.strip() and not (shown and shown[-1][0] != ctype and piece.split() == shown[-1][1].split()):
+            shown.append((ctype, piece))
+    shown = shown or pieces[:1]
+    if len(shown) == 1:
+        return shown[0][1]
+    return "\n\n".join(piece.strip("\n") for _, piece in shown)
 
 
 def _text(content: bytes, view: Message, where: str, w: _Warnings) -> str:
@@ -504,31 +650,108 @@ def _html_to_text(markup: str, w: _Warnings) -> str:
 _FEED = 64 * 1024
 
 
+_NAME = rb"[\x21-\x39\x3b-\x7e]+"  # printable ASCII but the colon (RFC 5322 2.2)
+_EOL = rb"(?:\r\n|\n|\r|\Z)"
+# A header section the feed parser reads to its end: an mbox "From " line, then fields and their
+# continuation lines. Where it stops short of the empty line, _header_section repairs it.
+_CLEAN_HEADERS = re.compile(rb"(?:From (?![ \t]*:)[^\r\n]*%s)?(?:(?:%s:|[ \t])[^\r\n]*%s)*" % (_EOL, _NAME, _EOL))
+_LINE = re.compile(rb"[^\r\n]*(?:\r\n|\n|\r)?")
+_FIELD = re.compile(rb"(%s)[ \t]*:" % _NAME)
+
+
+_MAX_HEADER_REPAIR = 256 * 1024  # Postfix's header_size_limit is 100 KiB
+
+
+def _header_section(raw: bytes, w: _Warnings) -> tuple[bytes, int]:
+    """The header section as the feed parser should read it, and where the rest of `raw` begins
+    (b"", 0: feed `raw` as it is).
+
+    The header section runs to the first empty line (as MTAs read it), but the feed parser ends it at
+    the first line that is neither a field nor a continuation, and From, Subject and the rest go into
+    the body. Between the first field and the last one before the empty line, such a line is taken
+    as a continuation; junk before the first field is dropped; `Name :` (obsolete, RFC 5322 4.5)
+    becomes `Name:`. Lines after the last field stay where the feed parser puts them (a body without
+    the empty line before it), as does a header section longer than _MAX_HEADER_REPAIR. The stored
+    message stays as it came."""
+    end = _CLEAN_HEADERS.match(raw).end()
+    if end == len(raw) or raw[end:end + 1] in b"\r\n":
+        return b"", 0
+    lines = []  # (kind, line) up to the empty line: field, obsolete, continuation, other
+    for match in _LINE.finditer(raw, 0, _MAX_HEADER_REPAIR):
+        line = match.group()
+        if line.strip(b"\r\n") == b"":
+            break
+        field = _FIELD.match(line)
+        if field and line[field.end(1):field.end()] != b":":
+            lines.append(("obsolete", line))
+        elif field or (not lines and line.startswith(b"From ")):
+            lines.append(("field", line))
+        else:
+            lines.append(("continuation" if line[:1] in b" \t" else "other", line))
+    else:
+        return b"", 0
+    fields = [i for i, (kind, _) in enumerate(lines) if kind in ("field", "obsolete")]
+    if not fields:
+        return b"", 0
+    last = fields[-1]
+    while last + 1 < len(lines) and lines[last + 1][0] == "continuation":
+        last += 1
+    fixed, junk, joined, offset = [], [], [], 0
+    for i, (kind, line) in enumerate(lines[:last + 1]):
+        offset += len(line)
+        if kind == "obsolete":
+            field = _FIELD.match(line)
+            fixed.append(field.group(1) + b":" + line[field.end():])
+            w.add(f"whitespace before the colon in header {_short(field.group(1).decode('ascii'), 40)} removed")
+        elif kind == "other" and i < fields[0]:
+            junk.append(line)
+        elif kind == "other":
+            fixed.append(b" " + line)
+            joined.append(line)
+        else:
+            fixed.append(line)
+    for found, what in ((junk, "before the first header dropped"), (joined, "without a header name read as continuations")):
+        if found:
+            first = _short(found[0].decode("ascii", "replace").strip(), 40)
+            w.add(f"{len(found)} line(s) {what} (the first: {first})")
+    return b"".join(fixed), offset
+
+
 def _structure(raw: bytes, w: _Warnings) -> Message:
     """The compat32 tree; headers only (body unparsed) if the parser itself fails."""
+    headers, offset = _header_section(raw, w)
     try:
         # Fed in pieces, as BytesParser does through a StringIO, which holds 4 bytes a character.
         parser, view = BytesFeedParser(policy=policy.compat32), memoryview(raw)
-        for at in range(0, len(raw), _FEED):
+        parser.feed(headers)
+        for at in range(offset, len(raw), _FEED):
             parser.feed(bytes(view[at : at + _FEED]))
         return parser.close()
     except Exception as exc:  # RecursionError: the feed parser recurses once per nesting level
         w.add(f"MIME structure could not be parsed ({type(exc).__name__}), body left unparsed")
-        return BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
+        return BytesHeaderParser(policy=policy.compat32).parsebytes(headers + raw[offset:])
 
 
 def _sender(froms: list[str], w: _Warnings) -> tuple[str, str]:
-    """(display name, addr-spec) from the first From header."""
+    """(display name, addr-spec) from the first From header that has an address; else the display
+    name of the first (`"Mail Delivery System" <>`, `MAILER-DAEMON (Mail Delivery System)`), or
+    all of it (`MAILER-DAEMON`)."""
     if len(froms) > 1:
-        w.add(f"{len(froms)} From headers, used the first")
-    senders = _addresses(froms[:1], "From", w)
-    if senders:
-        return senders[0]
+        w.add(f"{len(froms)} From headers, used the first with an address")
+    for value in froms:
+        senders = _addresses([value], "From", w)
+        if senders:
+            return senders[0]
     if not froms:
         w.add("missing From header")
         return "", ""
     w.add(f"no address in From header {_short(froms[0])}")
-    return _clean(_decode_words(froms[0], "header From", w).strip(), "header From", w), ""  # "Mailer Daemon"
+    try:
+        display = next(iter(getaddresses([froms[0][:MAX_ADDRESS_CHARS]])), ("", ""))[0]
+    except Exception:  # the old address parser has had crash bugs on odd input
+        display = ""
+    name = display or froms[0]
+    return _clean(_decode_words(name, "header From", w).strip(), "header From", w), ""
 
 
 def _references(values: dict[str, list[str]], w: _Warnings) -> tuple[str | None, list[str], list[str]]:
@@ -565,7 +788,7 @@ def _parse(raw: bytes, w: _Warnings) -> ParsedMessage:
         to=[addr for _, addr in to_names], cc=[addr for _, addr in cc_names],
         to_names=to_names, cc_names=cc_names, subject=subject.strip(),
         date=_date(dates[0], w) if dates else None,
-        text=body.text if body.text is not None else _html_to_text(body.html or "", w),
+        text=_body_text(body, w),
         html=body.html or "", attachments=body.attachments, headers=headers)
 
 

@@ -103,7 +103,7 @@ def test_from_without_address_keeps_the_name():
 def test_multiple_from_headers_use_the_first():
     parsed = adversarial("multiple-from")
     assert parsed.from_addr == "first@example.com"
-    assert "2 From headers, used the first" in parsed.warnings
+    assert "2 From headers, used the first with an address" in parsed.warnings
 
 
 def test_missing_from_date_and_message_id():
@@ -116,6 +116,56 @@ def test_huge_address_header_is_cut_at_an_address_boundary():
     parsed = adversarial("huge-to-header")
     assert 3000 < len(parsed.cc) < 5000 and all(re.fullmatch(r"user\d+@example\.com", a) for a in parsed.cc)
     assert "Cc header longer than 65536 characters, rest ignored" in parsed.warnings
+
+
+def test_the_first_from_with_an_address_is_the_sender():  # zammad mail017
+    parsed = parse_message(b"From: [??????]\nFrom: =?utf-8?B?6YO955C5?= <ghgbwum@example.cn>\n\nhi\n")
+    assert (parsed.from_name, parsed.from_addr) == ("\u90fd\u7439", "ghgbwum@example.cn")
+    assert "2 From headers, used the first with an address" in parsed.warnings
+
+
+@pytest.mark.parametrize("header, name", [
+    (b'"=?GB2312?B?ztI=?=" <>', "\u6211"),                           # zammad mail019: the decoded name only
+    (b"MAILER-DAEMON (Mail Delivery System)", "Mail Delivery System"),  # the comment is the name
+    (b"MAILER-DAEMON", "MAILER-DAEMON"),
+])
+def test_from_without_address_gives_its_display_name(header, name):
+    parsed = parse_message(b"From: " + header + b"\nSubject: x\n\nhi\n")
+    assert (parsed.from_name, parsed.from_addr) == (name, "")
+
+
+# --- the header section ------------------------------------------------------------------------
+
+def test_header_section_runs_to_the_empty_line():
+    # An unindented continuation line (zammad mail054), a junk first line (mail068), a line that is
+    # not a field (mikel raw_email_incorrect_header): From and Subject stay headers, not body.
+    parsed = parse_message(b"---- Original email message ----\nReceived: from a\nby b with ESMTP\n"
+                           b"X-Tracker: H4sIAAAA\nIg5drOCwmrVzP5sD\nquite Delivered-To: x@example.com\n"
+                           b"From: Karoline <k@example.com>\nSubject: AW: One Net Business\n\nsome text\n")
+    assert (parsed.from_addr, parsed.subject, parsed.text) == ("k@example.com", "AW: One Net Business", "some text\n")
+    assert parsed.first("Received") == "from a by b with ESMTP"
+    assert parsed.first("X-Tracker") == "H4sIAAAA Ig5drOCwmrVzP5sD quite Delivered-To: x@example.com"
+    assert "1 line(s) before the first header dropped (the first: '---- Original email message ----')" in parsed.warnings
+    assert "3 line(s) without a header name read as continuations (the first: 'by b with ESMTP')" in parsed.warnings
+
+
+def test_obsolete_whitespace_before_the_colon():  # RFC 5322 4.5, mikel rfc2822/example13
+    parsed = parse_message(b"From  : John Doe <jdoe@example.com>\nSubject     : Saying Hello\n\nHello.\n")
+    assert (parsed.from_addr, parsed.subject, parsed.text) == ("jdoe@example.com", "Saying Hello", "Hello.\n")
+    assert "whitespace before the colon in header 'From' removed" in parsed.warnings
+
+
+def test_lines_after_the_last_header_without_an_empty_line_stay_body():
+    parsed = parse_message(b"From: a@example.com\nSubject: no empty line\nthe body starts here\nand goes on\n")
+    assert parsed.subject == "no empty line"
+    assert parsed.text == "the body starts here\nand goes on\n"
+
+
+def test_a_clean_header_section_is_fed_as_it_is():
+    parsed = parse_message(b"From a@example.com Mon Jan  1 10:00:00 2024\nFrom: a@example.com\nX-Note: one\n\ttwo\n"
+                           b"Subject: s\n\nbody\n")
+    assert (parsed.from_addr, parsed.subject, parsed.first("X-Note"), parsed.text) == ("a@example.com", "s", "one\ttwo", "body\n")
+    assert not [w for w in parsed.warnings if "line" in w]
 
 
 # --- dates and message-ids ---------------------------------------------------------------------
@@ -203,6 +253,64 @@ def test_html_line_breaks_and_cells():
     parsed = msg(b"Content-Type: text/html\n", b"<p>a<br/>b<br>c</p><table><tr><td>x</td><td>y</td></tr></table>"
                  b"<pre>  keep\n   this</pre>")
     assert parsed.text == "a\nb\nc\n\nx y\n\n  keep\n   this"
+
+
+# Charsets of real mail: mislabelled or unlabelled 8-bit text, and ISO-2022-JP as Microsoft writes it.
+@pytest.mark.parametrize("content_type, body, text", [
+    # GBK without a charset (zammad mail023), one line in a longer ASCII text
+    (b"text/plain", "\u673a\u623f\u73af\u5883\u6cd5\u89c4\n".encode("gbk") + b"Message-ID: <x@y>\n" * 50,
+     "\u673a\u623f\u73af\u5883\u6cd5\u89c4\n" + "Message-ID: <x@y>\n" * 50),
+    # Shift_JIS labelled ISO-2022-JP (zammad mail093)
+    (b"text/plain; charset=iso-2022-jp", "\u30c4\u30fc\u30eb\u306e\u4ef6\u3067\u3054\u9023\u7d61\u3057\u307e\u3059\n".encode("cp932"),
+     "\u30c4\u30fc\u30eb\u306e\u4ef6\u3067\u3054\u9023\u7d61\u3057\u307e\u3059\n"),
+    # ISO-2022-JP with NEC's circled digit, which Python's iso2022_jp refuses (zammad mail099)
+    (b"text/plain; charset=ISO-2022-JP", b"\x1b$B-!#1ET#38)$N03$H!\"\x1b(B\n", "\u2460\uff11\u90fd\uff13\u770c\u306e\u9bf5\u3068\u3001\n"),
+    (b"text/plain", "\u041f\u0440\u0438\u0432\u0435\u0442, \u043a\u0430\u043a \u0434\u0435\u043b\u0430?\n".encode("koi8-r"),
+     "\u041f\u0440\u0438\u0432\u0435\u0442, \u043a\u0430\u043a \u0434\u0435\u043b\u0430?\n"),
+    # a few accented Latin words, which a detector alone takes for Greek or Cyrillic
+    (b"text/plain", "Caf\u00e9 cr\u00e8me\n".encode("cp1252"), "Caf\u00e9 cr\u00e8me\n"),
+    (b"text/plain", "\u00e4\u00f6\u00fc\u00df ad asd\n".encode("cp1252"), "\u00e4\u00f6\u00fc\u00df ad asd\n"),
+    # declared UTF-8 with one broken byte: replaced, the rest kept (not read as cp1252)
+    (b"text/plain; charset=utf-8", "caf\u00e9 ".encode() + b"li\xee " + "cr\u00e8me na\u00efve \u00fcber\n".encode(),
+     "caf\u00e9 li\ufffd cr\u00e8me na\u00efve \u00fcber\n"),
+    # declared UTF-8 but Latin-1 throughout
+    (b"text/plain; charset=utf-8", "r\u00e9sum\u00e9 d\u00e9j\u00e0 vu\n".encode("latin-1"), "r\u00e9sum\u00e9 d\u00e9j\u00e0 vu\n"),
+])
+def test_mislabelled_and_unlabelled_charsets(content_type, body, text):
+    assert msg(b"Content-Type: " + content_type + b"\n", body).text == text
+
+
+def test_raw_8bit_gb2312_subject_and_name():  # zammad mail046
+    parsed = parse_message(b"From: " + "\u6b66\u5170\u6210".encode("gb2312") + b" <w@example.cn>\nSubject: "
+                           + "\u8f6c\u53d1\uff1a\u6574\u4f53\u63d0\u5347\u4f01\u4e1a\u670d\u52a1\u6c34\u5e73".encode("gb2312") + b"\n\nhi\n")
+    assert parsed.subject == "\u8f6c\u53d1\uff1a\u6574\u4f53\u63d0\u5347\u4f01\u4e1a\u670d\u52a1\u6c34\u5e73"
+    assert parsed.from_name == "\u6b66\u5170\u6210"
+
+
+def test_every_inline_text_part_is_the_body_in_order():  # Apple Mail: zammad mail102, mail110-112
+    parsed = msg(b'Content-Type: multipart/mixed; boundary="b"\n',
+                 b"--b\nContent-Type: text/plain\n\nfirst text\n--b\nContent-Type: image/png\n"
+                 b"Content-Disposition: inline; filename=shot.png\nContent-Transfer-Encoding: base64\n\niVBORw==\n"
+                 b"--b\nContent-Type: text/html\n\n<p>html <b>part</b></p>\n--b\n"
+                 b"Content-Type: application/pdf; name=a.pdf\nContent-Transfer-Encoding: base64\n\nJVBERg==\n"
+                 b"--b\nContent-Type: text/plain\n\nlast text\n--b--\n")
+    assert parsed.text == "first text\n\nhtml part\n\nlast text"
+    assert [a.filename for a in parsed.attachments] == ["shot.png", "a.pdf"]
+    assert parsed.html == "<p>html <b>part</b></p>"
+
+
+def test_an_empty_text_alternative_shows_the_html_one():  # zammad mail034, spamscope mail_test_1
+    parsed = msg(b'Content-Type: multipart/alternative; boundary="b"\n',
+                 b"--b\nContent-Type: text/plain\n\n\n--b\nContent-Type: text/html\n\n<b>some html text</b>\n--b--\n")
+    assert parsed.text == "some html text"
+    assert parsed.attachments == []
+
+
+def test_a_broken_alternative_shows_its_text_once():  # spamscope mail_malformed_1: one boundary for both levels
+    parsed = msg(b'Content-Type: multipart/mixed; boundary="b"\n',
+                 b"--b\nContent-Type: multipart/alternative; boundary=\"b\"\n\n--b\nContent-Type: text/plain\n\n"
+                 b"--Sent from my iPhone\n--b\nContent-Type: text/html\n\n<div>--Sent from my iPhone</div>\n--b--\n")
+    assert parsed.text == "--Sent from my iPhone"
 
 
 # --- attachments -------------------------------------------------------------------------------
