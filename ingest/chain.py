@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ingest import challenges, threading
+from ingest import automatic, challenges, threading
 from ingest.directory import DepartmentInfo, Directory
 from ingest.parse import ParsedMessage
 from ingest.rules import Facts, Verdict
-from storage import store
-from storage.models import Customer, Ticket
+from storage import challenge_store, store
+from storage.models import Customer, Ticket, utcnow
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class Context:
     customer: Customer | None = None
     events: list[tuple[str, str]] = field(default_factory=list)
     settings: challenges.ChallengeSettings | None = None  # [challenge]; None: the defaults
+    authenticated: bool = False  # the trusted MTA authenticated the sender (which challenge budget it uses)
     challenge: challenges.Plan | None = None  # for a held message: carried out by tickets.act
 
     @property
@@ -50,9 +51,10 @@ class Context:
         self.events.append((kind, detail))
 
 
-def sender_address(parsed: ParsedMessage, envelope_sender: str) -> str:
-    """Who the ticket is from: the From address, else the envelope sender."""
-    return parsed.from_addr or envelope_sender.lower()
+def sender_address(message: ParsedMessage, envelope_sender: str) -> str:
+    """Who the ticket is from: the From address, else the envelope sender. `message` is the parsed
+    message or the stored one (storage.models.Message): both have `from_addr`, lowercased."""
+    return message.from_addr or envelope_sender.lower()
 
 
 def detect_loop(ctx: Context) -> Decision | None:
@@ -66,13 +68,9 @@ def detect_loop(ctx: Context) -> Decision | None:
 
 
 def detect_auto_reply(ctx: Context) -> Decision | None:
-    """RFC 3834 auto-replies, bounces and list mail: recorded on their ticket, never a new one."""
-    if reason := challenges.automatic(ctx.parsed):
-        ctx.auto = reason
-    elif ctx.parsed.first("List-Id") is not None:
-        ctx.auto = "mailing list mail (List-Id)"
-    elif ctx.source == "lmtp" and not ctx.sender:
-        ctx.auto = "null envelope sender (a bounce or notification)"
+    """Bounces, auto-replies, bulk and list mail (ingest/automatic.py): recorded on their ticket, never a
+    new one."""
+    ctx.auto = automatic.reason(ctx.parsed, ctx.sender, ctx.source)
     if ctx.auto:
         ctx.note("auto-reply", f"automatic message: {ctx.auto}")
     return None
@@ -152,38 +150,127 @@ def sender_standing(ctx: Context) -> Decision | None:
     return None
 
 
+def blocked_sender(ctx: Context) -> Decision | None:
+    """A sender blocked by `held discard --block` is deleted on arrival (after sender_standing: a
+    customer's mail never is)."""
+    if challenge_store.is_blocked(ctx.session, ctx.sender_address):
+        return Decision("delete", f"sender {ctx.sender_address} is blocked (held discard --block); the raw "
+                                  "message is kept until `held purge`")
+    return None
+
+
 def unknown_sender_policy(ctx: Context) -> Decision | None:
-    """The department's policy for senders it does not know."""
+    """The department's policy for senders it does not know; `challenge` goes on to the steps below."""
     address = ctx.sender_address
     policy = ctx.department.unknown_sender if ctx.department else "hold"
     where = ctx.department.name if ctx.department else "no department"
-    if challenges.blocked(ctx):
-        return Decision("delete", f"sender {address} is blocked (held discard --block); the raw message is "
-                                  "kept until `held purge`")
     if policy == "accept":
         ctx.customer = Customer(email=address, name=ctx.parsed.from_name, verified=False, added_by="accepted")
         return Decision("create", f"unknown sender {address} accepted ({where} accepts unknown senders)")
     if policy == "reject":
         return Decision("reject", f"unknown sender {address} rejected ({where} accepts only known customers)")
     if policy == "challenge":
-        return challenge_or_hold(ctx)
+        return None
     return Decision("hold", f"unknown sender {address} held for review ({where} holds unknown senders)")
 
 
-def challenge_or_hold(ctx: Context) -> Decision:
-    """Hold, and challenge the sender only when that is safe (the checks: ingest/challenges.py)."""
-    ctx.challenge = challenges.plan(ctx)
-    return Decision("hold", ctx.challenge.reason)
+# --- the challenge steps: a department that challenges unknown senders holds their mail, and mails a
+# challenge only when each check lets it through (why each check exists: ingest/challenges.py) ---
+
+
+def _held(ctx: Context, reason: str, **plan) -> Decision:
+    """Hold the message; `plan` says whether it waits for a challenge (see challenges.Plan)."""
+    ctx.challenge = challenges.Plan(reason, authenticated=ctx.authenticated, **plan)
+    return Decision("hold", reason)
+
+
+def _settings(ctx: Context) -> challenges.ChallengeSettings:
+    return ctx.settings or challenges.DEFAULT
+
+
+def _mailbox(ctx: Context) -> str:
+    return challenges.mailbox(ctx.sender_address, _settings(ctx).subaddress_separator)
+
+
+def challenge_suppressed(ctx: Context) -> Decision | None:
+    """Automatic mail, robots' addresses, our own mail coming back, rule-marked spam: held silently."""
+    why = challenges.suppression(
+        ctx.parsed, address=ctx.sender_address, envelope_sender=ctx.sender, source=ctx.source,
+        is_own=lambda a: ctx.directory.department_for(a) is not None,
+        tags=ctx.verdict.tags if ctx.verdict else ())
+    if why:
+        ctx.note("no-challenge", why)
+        return _held(ctx, f"unknown sender {ctx.sender_address} held without a challenge: {why}")
+    return None
+
+
+def challenge_unauthenticated(ctx: Context) -> Decision | None:
+    """The trusted MTA's Authentication-Results: a failure is held for review, and so is no verdict
+    when challenge_unauthenticated = false."""
+    s, address = _settings(ctx), ctx.sender_address
+    auth = challenges.authentication(ctx.parsed.header("Authentication-Results"), s.trusted_authserv_id,
+                                     challenges.domain_of(address))
+    ctx.note("authentication", auth.detail)
+    ctx.authenticated = auth.status == "pass"
+    if auth.status == "fail":
+        return _held(ctx, f"unknown sender {address} held for review, no challenge: {auth.detail}")
+    if auth.status == "none" and not s.challenge_unauthenticated:
+        return _held(ctx, f"unknown sender {address} held for review, no challenge: not authenticated "
+                          "(challenge_unauthenticated = false)")
+    return None
+
+
+def challenge_joined(ctx: Context) -> Decision | None:
+    """The sender's mailbox already has an open challenge: the message waits with it, no new mail."""
+    pending = challenge_store.open_challenge(ctx.session, _mailbox(ctx), utcnow())
+    if pending:
+        return _held(ctx, f"unknown sender {ctx.sender_address} held: waits for the challenge sent "
+                          f"{pending.created_at:%Y-%m-%d %H:%M} UTC", wait=True, join=pending)
+    return None
+
+
+def challenge_without_address(ctx: Context) -> Decision | None:
+    """A department without an address of its own cannot send a challenge: the message waits."""
+    if challenges.from_address(ctx) is None:
+        return _held(ctx, f"unknown sender {ctx.sender_address} held, no challenge: {ctx.department.name} has "
+                          "no address of its own to send one from", wait=True)
+    return None
+
+
+def challenge_capped(ctx: Context) -> Decision | None:
+    """Another challenge would exceed a rate cap: the message waits, and the sweeper challenges it once
+    the budget allows."""
+    box = _mailbox(ctx)
+    recent = challenge_store.recent_challenges(ctx.session, box, challenges.cap_domain(box), utcnow())
+    capped = challenges.over_cap(recent, _settings(ctx), ctx.authenticated)
+    if capped:
+        ctx.note("challenge-capped", f"no challenge sent yet: {capped}")
+        return _held(ctx, f"unknown sender {ctx.sender_address} held, challenged once the budget allows: "
+                          f"{capped}", wait=True, capped=True)
+    return None
+
+
+def challenge(ctx: Context) -> Decision:
+    """Every check passed: held, and a challenge is mailed to the sender (by tickets.act)."""
+    return _held(ctx, f"unknown sender {ctx.sender_address} held: {ctx.department.name} challenges unknown "
+                      "senders", wait=True, send=True)
 
 
 # The order of decisions, top to bottom.
 CHAIN = (
     detect_loop,  # our own addresses coming back: ignore
-    detect_auto_reply,  # RFC 3834, Precedence, List-Id, bounces: mark, never a new ticket
+    detect_auto_reply,  # bounces, RFC 3834, Precedence, List-*: mark, never a new ticket
     apply_rules,  # the admin's processing rules: delete, assign, priority, tag, trust
     find_followup,  # In-Reply-To/References, or the subject reference from someone on the ticket
     sender_standing,  # known customer (or trusted by rule): a new ticket
-    unknown_sender_policy,  # accept | reject | hold | challenge
+    blocked_sender,  # held discard --block: delete
+    unknown_sender_policy,  # accept | reject | hold; challenge: the steps below
+    challenge_suppressed,  # automatic mail, robots, our own mail, spam: held silently
+    challenge_unauthenticated,  # the trusted MTA's verdict fails (or is missing, if so configured): held
+    challenge_joined,  # the mailbox has an open challenge: held, waits with it
+    challenge_without_address,  # the department has no address of its own: held, waits
+    challenge_capped,  # a rate cap is reached: held, the sweeper challenges it later
+    challenge,  # held, and the sender is challenged
 )
 
 
@@ -192,4 +279,4 @@ def decide(ctx: Context) -> Decision:
         decision = step(ctx)
         if decision:
             return decision
-    raise AssertionError("unknown_sender_policy always decides")
+    raise AssertionError("the last step, challenge, always decides")

@@ -1,10 +1,11 @@
-"""Challenge-response for unknown senders: whether to challenge, and opening the challenge.
+"""Challenge-response for unknown senders: the checks before a challenge, and opening the challenge.
 
 A careless challenge mails a forged address (backscatter, which gets a server blocklisted) or answers
-a robot. So a held message gets a challenge only when every check below lets it through, in order:
+a robot. So a held message gets a challenge only when every check below lets it through, in order (each
+is a step of ingest/chain.py's CHAIN, named challenge_*):
 
-  suppression      null sender, robots' addresses, auto-replies, bulk and list mail, our own mail or
-                   challenges coming back, rule-marked spam: held silently, no challenge
+  suppression      null sender, robots' addresses, auto-replies, bulk and list mail (ingest/automatic.py),
+                   our own mail or challenges coming back, rule-marked spam: held silently, no challenge
   authentication   the trusted MTA's Authentication-Results, for the From domain we use: DMARC fail, SPF
                    fail without an aligned DKIM pass, or a header we cannot read for certain, is held for
                    review; no trusted verdict follows `challenge_unauthenticated`
@@ -13,9 +14,9 @@ a robot. So a held message gets a challenge only when every check below lets it 
                    per hour: it waits, and the sweeper challenges it once the budget allows
 
 Caps and joining count the mailbox, not its spelling (`mailbox`): `Victim+1@x` and `victim@x` are one.
-The checks are pure functions; `plan` gathers what they need from the pipeline's Context and session,
-and `carry_out` writes the challenge, its outbox mail and the wait in the pipeline's transaction (the
-mail is sent after the commit by ingest/outbox.py). Confirming is ingest/confirm.py.
+The checks are pure functions; the chain's steps gather what they need from its Context and session
+into a `Plan`, and `carry_out` writes the challenge, its outbox mail and the wait in the pipeline's
+transaction (the mail is sent after the commit by ingest/outbox.py). Confirming is ingest/confirm.py.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from functools import lru_cache
 import authres
 from publicsuffixlist import PublicSuffixList
 
-from ingest import mailer
+from ingest import automatic, mailer
 from ingest.parse import ParsedMessage
 from storage import challenge_store
 from storage.challenge_store import RecentChallenges
@@ -120,7 +121,6 @@ _ROBOT = re.compile(
     r"|(^|[-+._=])(no[-_.]?reply|do[-_.]?not[-_.]?reply)([-+._=]|$)",
     re.IGNORECASE,
 )
-_AUTO_PRECEDENCE = {"bulk", "list", "junk"}
 # A bounce quotes our challenge's headers; a reply references its Message-ID.
 _OUR_MAIL = re.compile(
     rb"(?i)" + re.escape(mailer.MARKER.encode()) + rb"\s*:|<" + re.escape(mailer.MAIL_ID_PREFIX.encode())
@@ -145,44 +145,24 @@ def quotes_our_mail(parsed: ParsedMessage) -> bool:
     return any(_OUR_MAIL.search(blob) for blob in (*texts, *parts))
 
 
-def automatic(parsed: ParsedMessage) -> str | None:
-    """Why the headers mark this as automatic mail (RFC 3834 and the usual others), or None."""
-    auto = (parsed.first("Auto-Submitted") or "no").split(";")[0].strip().lower()
-    if auto != "no":
-        return f"Auto-Submitted: {auto}"
-    precedence = (parsed.first("Precedence") or "").strip().lower()
-    if precedence in _AUTO_PRECEDENCE:
-        return f"Precedence: {precedence}"
-    if parsed.first("X-Loop") is not None:
-        return "X-Loop header"
-    if parsed.first("X-Autoreply") is not None or parsed.first("X-Autorespond") is not None:
-        return "auto-responder header"
-    return None
-
-
-def suppression(parsed: ParsedMessage, *, envelope_sender: str, source: str, is_own, tags) -> str | None:
+def suppression(parsed: ParsedMessage, *, address: str, envelope_sender: str, source: str, is_own,
+                tags) -> str | None:
     """Why this message must not be challenged (the challenge would answer a robot or loop), or None.
 
-    `is_own(address)` says whether an address is one of ours; `tags` are the rules' tags."""
-    address = parsed.from_addr or envelope_sender.lower()
-    if (source == "lmtp" and not envelope_sender) or (parsed.first("Return-Path") or "").strip() == "<>":
-        return "null sender (a bounce or notification)"
+    `address` is the one a challenge would go to (chain.sender_address); `is_own(address)` says whether
+    an address is one of ours; `tags` are the rules' tags."""
     for who in (parsed.from_addr, envelope_sender):
         if who and is_own(who):
             return f"mail from our own address {who.lower()}"
     if quotes_our_mail(parsed):
         return "it carries one of our own challenges (a bounce of it or a reply to it)"
+    if reason := automatic.reason(parsed, envelope_sender, source):
+        return reason
+    # Not automatic mail as such (a web form's noreply From may carry a person's words), but nobody
+    # reads these addresses: a challenge to them would be lost or answered by a robot.
     for who in (parsed.from_addr, envelope_sender):
         if robot_address(who):
             return f"{who.lower()} is an automatic address (MAILER-DAEMON, postmaster, noreply and the like)"
-    if reason := automatic(parsed):
-        return reason
-    for name, _ in parsed.headers:
-        if name.strip().lower().startswith("list-"):
-            return f"mailing list mail ({name.strip()} header)"
-    suppress = re.split(r"[\s,]+", (parsed.first("X-Auto-Response-Suppress") or "").lower())
-    if "all" in suppress or "oof" in suppress:
-        return f"X-Auto-Response-Suppress: {parsed.first('X-Auto-Response-Suppress').strip()}"
     if any(t.lower() == "spam" for t in tags):
         return "a rule tagged it spam"
     if not mailer.mailable(address):
@@ -334,12 +314,12 @@ def over_cap(recent: RecentChallenges, s: ChallengeSettings, authenticated: bool
     return None
 
 
-# --- the step's plan, and carrying it out ---
+# --- the challenge steps' plan (ingest/chain.py), and carrying it out ---
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What the challenge step decided for a held message."""
+    """What the challenge steps decided for a held message."""
 
     reason: str  # why it is held: the Decision's reason
     wait: bool = False  # it is released when its sender's mailbox confirms
@@ -347,46 +327,6 @@ class Plan:
     join: Challenge | None = None  # the mailbox's open challenge it waits with
     capped: bool = False  # a cap stopped its challenge: the sweeper opens one when the budget allows
     authenticated: bool = False  # the trusted MTA authenticated the sender (which budget it uses)
-
-
-def blocked(ctx) -> bool:
-    return challenge_store.is_blocked(ctx.session, ctx.sender_address)
-
-
-def plan(ctx) -> Plan:
-    """Decide whether the held message of an unknown sender gets a challenge (reads, never writes)."""
-    s = ctx.settings or DEFAULT
-    address = ctx.sender_address
-    tags = ctx.verdict.tags if ctx.verdict else ()
-    why = suppression(ctx.parsed, envelope_sender=ctx.sender, source=ctx.source, tags=tags,
-                      is_own=lambda a: ctx.directory.department_for(a) is not None)
-    if why:
-        ctx.note("no-challenge", why)
-        return Plan(f"unknown sender {address} held without a challenge: {why}")
-    auth = authentication(ctx.parsed.header("Authentication-Results"), s.trusted_authserv_id, domain_of(address))
-    ctx.note("authentication", auth.detail)
-    if auth.status == "fail":
-        return Plan(f"unknown sender {address} held for review, no challenge: {auth.detail}")
-    if auth.status == "none" and not s.challenge_unauthenticated:
-        return Plan(f"unknown sender {address} held for review, no challenge: not authenticated "
-                    "(challenge_unauthenticated = false)")
-    authenticated = auth.status == "pass"
-    box = mailbox(address, s.subaddress_separator)
-    pending = challenge_store.open_challenge(ctx.session, box, utcnow())
-    if pending:
-        return Plan(f"unknown sender {address} held: waits for the challenge sent "
-                    f"{pending.created_at:%Y-%m-%d %H:%M} UTC", wait=True, join=pending, authenticated=authenticated)
-    if from_address(ctx) is None:
-        return Plan(f"unknown sender {address} held, no challenge: {ctx.department.name} has no address "
-                    "of its own to send one from", wait=True, authenticated=authenticated)
-    capped = over_cap(challenge_store.recent_challenges(ctx.session, box, cap_domain(box), utcnow()), s,
-                      authenticated)
-    if capped:
-        ctx.note("challenge-capped", f"no challenge sent yet: {capped}")
-        return Plan(f"unknown sender {address} held, challenged once the budget allows: {capped}", wait=True,
-                    capped=True, authenticated=authenticated)
-    return Plan(f"unknown sender {address} held: {ctx.department.name} challenges unknown senders",
-                wait=True, send=True, authenticated=authenticated)
 
 
 def from_address(ctx) -> str | None:
@@ -401,7 +341,7 @@ def from_address(ctx) -> str | None:
 
 
 def carry_out(ctx, message: Message) -> None:
-    """Write what `plan` decided, in the caller's transaction: the wait, and a new challenge with its mail."""
+    """Write what the challenge steps decided, in the caller's transaction: the wait, and a new challenge with its mail."""
     p: Plan | None = ctx.challenge
     if p is None or not p.wait:
         return

@@ -5,13 +5,17 @@ look up tickets, customers or blocked senders get a real session (SQLite and Pos
 
 from __future__ import annotations
 
-from ingest import chain
+from datetime import timedelta
+
+import pytest
+
+from ingest import chain, challenges
 from ingest.delivery import Delivery
 from ingest.directory import DepartmentInfo, Directory
 from ingest.parse import parse_message
 from ingest.rules import RuleSet, rules_from_data
 from ingest.writer import record
-from storage.models import BlockedSender, Customer, Ticket
+from storage.models import BlockedSender, Challenge, Customer, Department, Ticket, utcnow
 from tests.mail import message
 
 SUPPORT, SALES = "support@xyzhosting.com", "sales@xyzhosting.com"
@@ -44,13 +48,19 @@ def rule(name: str, field: str, value: str, *actions: dict) -> dict:
 def test_the_order_of_decisions():
     assert [step.__name__ for step in chain.CHAIN] == [
         "detect_loop", "detect_auto_reply", "apply_rules", "find_followup", "sender_standing",
-        "unknown_sender_policy"]
+        "blocked_sender", "unknown_sender_policy",
+        "challenge_suppressed", "challenge_unauthenticated", "challenge_joined", "challenge_without_address",
+        "challenge_capped", "challenge"]
 
 
 def test_sender_address_is_the_from_address_else_the_envelope_sender():
     assert chain.sender_address(parse_message(message(frm="Alice <Alice@Customer.Example>")), BOB) == ALICE
     assert chain.sender_address(parse_message(b"Subject: no From\r\n\r\nhi\r\n"), "Bob@Else.Example") == BOB
     assert chain.sender_address(parse_message(b"Subject: no From\r\n\r\nhi\r\n"), "") == ""
+    # A stored message too (held mail, released or discarded later): the same address.
+    raw = b"Subject: no From\r\n\r\nhi\r\n"
+    stored = record(Delivery(raw=raw, sender="Bob@Else.Example", recipient=SUPPORT), parse_message(raw), "k")
+    assert chain.sender_address(stored, stored.envelope_sender) == BOB
 
 
 # --- detect_loop ---
@@ -95,6 +105,43 @@ def test_the_null_envelope_sender_is_automatic_over_lmtp_only():
     imported = context(sender="", source="imap:support")  # IMAP has no envelope sender at all
     assert chain.detect_auto_reply(imported) is None
     assert imported.auto is None and imported.events == []
+
+
+def test_an_imported_bounce_is_known_by_its_return_path_or_mailer_daemon():
+    ctx = context(message(Return_Path="<>"), sender="", source="imap:support")
+    chain.detect_auto_reply(ctx)
+    assert ctx.auto == "null envelope sender (a bounce or notification)"
+    ctx = context(message(frm="Mail Delivery System <MAILER-DAEMON@mx.customer.example>"), source="imap:support")
+    chain.detect_auto_reply(ctx)
+    assert ctx.auto == "mailer-daemon@mx.customer.example is an automatic address (MAILER-DAEMON: a bounce)"
+
+
+# Each of these was automatic to one of the two paths only: now to both, for the same reason.
+AUTOMATIC = [
+    ({"List_Post": "<mailto:news@list.example>"}, "mailing list mail (List-Post)"),
+    ({"List_Unsubscribe": "<mailto:u@list.example>"}, "mailing list mail (List-Unsubscribe)"),
+    ({"X_Auto_Response_Suppress": "All"}, "X-Auto-Response-Suppress: All"),
+    ({"X_Auto_Response_Suppress": "DR, OOF, AutoReply"}, "X-Auto-Response-Suppress: DR, OOF, AutoReply"),
+    ({"Precedence": "auto_reply"}, "Precedence: auto_reply"),
+]
+
+
+@pytest.mark.parametrize("headers, why", AUTOMATIC)
+def test_the_auto_reply_step_and_the_challenge_agree_on_what_is_automatic(headers, why):
+    ctx = context(message(frm=BOB, **headers), sender=BOB, policy="challenge")
+    assert chain.detect_auto_reply(ctx) is None
+    assert ctx.auto == why
+    assert chain.find_followup(ctx) == chain.Decision(
+        "ignore", f"automatic message ({why}) answering no ticket: no ticket created")
+    assert chain.challenge_suppressed(ctx) == chain.Decision(
+        "hold", f"unknown sender {BOB} held without a challenge: {why}")
+    assert ctx.events == [("auto-reply", f"automatic message: {why}"), ("no-challenge", why)]
+
+
+def test_x_auto_response_suppress_other_than_all_or_oof_is_automatic_to_neither():
+    ctx = context(message(frm=BOB, X_Auto_Response_Suppress="DR, RN"), sender=BOB, policy="challenge")
+    assert chain.detect_auto_reply(ctx) is None and ctx.auto is None
+    assert chain.challenge_suppressed(ctx) is None and ctx.events == []
 
 
 def test_a_person_s_mail_is_not_automatic():
@@ -245,10 +292,17 @@ async def test_unknown_sender_policy(db):
 
     await db.run(block, write=True)
 
-    def step(session, policy, frm=BOB, recipient=SUPPORT):
+    def step(session, policy, frm=BOB, recipient=SUPPORT, steps=(chain.unknown_sender_policy,)):
         ctx = context(message(frm=frm), sender=frm, recipient=recipient, session=session, policy=policy)
-        decision = chain.unknown_sender_policy(ctx)
+        decision = next(filter(None, (s(ctx) for s in steps)), None)
         return decision, (ctx.customer.email, ctx.customer.added_by) if ctx.customer else None, ctx.events
+
+    def blocked(session, policy, frm):
+        return step(session, policy, frm, steps=(chain.blocked_sender, chain.unknown_sender_policy))
+
+    def challenge_steps(session, frm):
+        after_policy = chain.CHAIN[chain.CHAIN.index(chain.unknown_sender_policy):]
+        return step(session, "challenge", frm, steps=after_policy)
 
     assert await db.run(step, "accept") == (
         chain.Decision("create", f"unknown sender {BOB} accepted (Support accepts unknown senders)"),
@@ -260,14 +314,18 @@ async def test_unknown_sender_policy(db):
     assert await db.run(step, "accept", BOB, "nobody@elsewhere.example") == (
         chain.Decision("hold", f"unknown sender {BOB} held for review (no department holds unknown senders)"),
         None, [])
-    # A blocked sender is deleted whatever the policy.
+    # A blocked sender is deleted whatever the policy: its step comes before the policy's.
+    assert chain.CHAIN.index(chain.blocked_sender) < chain.CHAIN.index(chain.unknown_sender_policy)
+    assert await db.run(step, "hold", BOB, SUPPORT, (chain.blocked_sender,)) == (None, None, [])
     for policy in ("accept", "hold", "challenge"):
-        decision, customer, _ = await db.run(step, policy, "eve@evil.example")
+        decision, customer, _ = await db.run(blocked, policy, "eve@evil.example")
         assert decision == chain.Decision("delete", "sender eve@evil.example is blocked (held discard --block); "
                                                     "the raw message is kept until `held purge`")
         assert customer is None
-    # Challenge: held; a robot address is never challenged, and the event log says why.
-    decision, _, events = await db.run(step, "challenge", "noreply@shop.example")
+    # Challenge: the policy leaves it to the challenge steps; a robot address is never challenged, and the
+    # event log says why.
+    assert await db.run(step, "challenge") == (None, None, [])
+    decision, _, events = await db.run(challenge_steps, "noreply@shop.example")
     assert decision.action == "hold" and "held without a challenge" in decision.reason
     assert events == [("no-challenge", "noreply@shop.example is an automatic address (MAILER-DAEMON, "
                                        "postmaster, noreply and the like)")]
@@ -298,3 +356,79 @@ async def test_decide_takes_the_first_step_that_decides(db):
     # An unknown sender falls through to the department's policy.
     decision, _ = await db.run(decide, message(frm=BOB), BOB)
     assert decision == chain.Decision("create", f"unknown sender {BOB} accepted (Support accepts unknown senders)")
+
+
+async def test_the_challenge_steps_in_their_order(db):
+    """After the policy: authentication, an open challenge to join, a department without an address, the
+    caps, then the challenge; each holds the message and leaves its plan for tickets.act to carry out."""
+    def add_support(session):
+        session.add(Department(id=1, name="Support", unknown_sender="challenge"))
+
+    await db.run(add_support, write=True)
+    trusted = "mx.xyzhosting.com"
+
+    def decide(session, settings=None, department=None, auth=None):
+        headers = {"Authentication_Results": auth} if auth else {}
+        ctx = context(message(frm=BOB, **headers), sender=BOB, session=session, policy="challenge")
+        ctx.settings, ctx.department = settings, department or ctx.department
+        decision = chain.decide(ctx)
+        plan = ctx.challenge
+        return decision, (plan.reason, plan.wait, plan.send, plan.capped, plan.authenticated), \
+            plan.join.id if plan.join else None, ctx.events
+
+    def planned(reason, wait=False, send=False, capped=False, authenticated=False):
+        return reason, wait, send, capped, authenticated
+
+    # Nothing stops it: challenged, from the unauthenticated budget.
+    decision, plan, join, events = await db.run(decide)
+    assert decision == chain.Decision("hold", f"unknown sender {BOB} held: Support challenges unknown senders")
+    assert plan == planned(decision.reason, wait=True, send=True) and join is None
+    assert events == [("authentication", "no trusted_authserv_id configured: the sender is not authenticated")]
+    # Authenticated by the trusted MTA: challenged, from the authenticated budget.
+    decision, plan, _, _ = await db.run(decide, challenges.ChallengeSettings(trusted_authserv_id=trusted),
+                                        None, f"{trusted}; dmarc=pass header.from=else.example")
+    assert plan == planned(decision.reason, wait=True, send=True, authenticated=True)
+    # Failing authentication, or none when that is not enough: held for review, no wait.
+    decision, plan, _, events = await db.run(decide, challenges.ChallengeSettings(trusted_authserv_id=trusted),
+                                             None, f"{trusted}; dmarc=fail header.from=else.example")
+    detail = f"Authentication-Results of {trusted}: dmarc=fail (DMARC fail)"
+    assert decision == chain.Decision("hold", f"unknown sender {BOB} held for review, no challenge: {detail}")
+    assert plan == planned(decision.reason) and events == [("authentication", detail)]
+    decision, plan, _, _ = await db.run(decide, challenges.ChallengeSettings(challenge_unauthenticated=False))
+    assert decision == chain.Decision("hold", f"unknown sender {BOB} held for review, no challenge: not "
+                                              "authenticated (challenge_unauthenticated = false)")
+    assert plan == planned(decision.reason)
+    # A department with no address of its own: waits, unchallenged.
+    decision, plan, _, _ = await db.run(decide, None, DepartmentInfo(3, "Lost", "challenge"))
+    assert decision == chain.Decision("hold", f"unknown sender {BOB} held, no challenge: Lost has no address "
+                                              "of its own to send one from")
+    assert plan == planned(decision.reason, wait=True)
+
+    # An open challenge of the mailbox: the message waits with it (before the caps are counted).
+    now = utcnow().replace(microsecond=0)
+
+    def open_one(session):
+        challenge = Challenge(token_hash="0" * 64, sender=BOB, mailbox=BOB, domain="else.example", department_id=1,
+                              state="open", created_at=now, expires_at=now + timedelta(days=7), tickets=[],
+                              closed_reason="", mail_id="<ticketmail-challenge.1@xyzhosting.com>")
+        session.add(challenge)
+        session.flush()
+        return challenge.id
+
+    opened = await db.run(open_one, write=True)
+    decision, plan, join, _ = await db.run(decide, challenges.ChallengeSettings(per_sender_daily=1))
+    assert decision == chain.Decision("hold", f"unknown sender {BOB} held: waits for the challenge sent "
+                                              f"{now:%Y-%m-%d %H:%M} UTC")
+    assert plan == planned(decision.reason, wait=True) and join == opened
+
+    # Closed, it still counts against the mailbox's daily cap: waits for the budget.
+    def close(session):
+        session.get(Challenge, opened).state = "closed"
+
+    await db.run(close, write=True)
+    decision, plan, join, events = await db.run(decide, challenges.ChallengeSettings(per_sender_daily=1))
+    capped = "1 challenges to this mailbox in 24 hours (per_sender_daily = 1)"
+    assert decision == chain.Decision("hold", f"unknown sender {BOB} held, challenged once the budget allows: "
+                                              f"{capped}")
+    assert plan == planned(decision.reason, wait=True, capped=True) and join is None
+    assert events[-1] == ("challenge-capped", f"no challenge sent yet: {capped}")

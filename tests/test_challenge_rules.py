@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from ingest import mailer
+from ingest import chain, mailer
 from ingest.challenges import (
     ChallengeSettings,
     aligned,
@@ -29,8 +29,9 @@ BOB = "bob@newcomer.example"
 
 
 def suppressed(raw: bytes, envelope_sender: str = BOB, source: str = "lmtp", tags=()) -> str | None:
-    return suppression(parse_message(raw), envelope_sender=envelope_sender, source=source,
-                       is_own=lambda a: a.lower() in OURS, tags=tags)
+    parsed = parse_message(raw)
+    return suppression(parsed, address=chain.sender_address(parsed, envelope_sender), envelope_sender=envelope_sender,
+                       source=source, is_own=lambda a: a.lower() in OURS, tags=tags)
 
 
 def bounce_of_a_challenge() -> bytes:
@@ -57,8 +58,8 @@ def test_an_ordinary_first_mail_may_be_challenged():
 
 
 @pytest.mark.parametrize("raw, envelope_sender, source, expected", [
-    (message(frm=BOB), "", "lmtp", "null sender"),
-    (message(frm=BOB, Return_Path="<>"), "", "imap:box", "null sender"),
+    (message(frm=BOB), "", "lmtp", "null envelope sender"),
+    (message(frm=BOB, Return_Path="<>"), "", "imap:box", "null envelope sender"),
     (message(frm="MAILER-DAEMON@mx.newcomer.example"), "bounces@x.example", "lmtp", "automatic address"),
     (message(frm="postmaster@newcomer.example"), BOB, "lmtp", "automatic address"),
     (message(frm="noreply@shop.example"), "noreply@shop.example", "lmtp", "automatic address"),
