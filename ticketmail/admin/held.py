@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from ingest import chain
 from ingest import release as releasing
 from storage import challenge_store, store
 from storage.models import Message, utcnow
@@ -31,7 +32,7 @@ class Discarded:
 
 def _sender(message: Message) -> str:
     """Whom a stored message is from, as the pipeline saw it (From, else the envelope sender)."""
-    return message.from_addr or message.envelope_sender.lower()
+    return chain.sender_address(message, message.envelope_sender)
 
 
 def _held(session, message_id: int) -> Message:
