@@ -1,7 +1,7 @@
 """A cached snapshot of departments, their addresses and the compiled rules.
 
-Reloaded when the database's revision counter changes, so rules are compiled once, not read per
-message, and several processes sharing PostgreSQL see each other's changes.
+Read again (`Cache`) when the database's revision counter changes, so rules are compiled once, not
+read per message, and several processes sharing PostgreSQL see each other's changes.
 """
 
 from __future__ import annotations
@@ -55,8 +55,15 @@ def load(session) -> Directory:
     return directory
 
 
-def refresh(session, current: Directory) -> Directory:
-    """`current` if still up to date, else a fresh snapshot."""
-    if store.revision(session) == current.revision:
-        return current
-    return load(session)
+class Cache:
+    """The directory as of the database's revision counter. The pipeline (placing LMTP recipients)
+    and its writer (deciding) each keep one and refresh it by this one rule."""
+
+    def __init__(self) -> None:
+        self.snapshot = Directory()
+
+    def current(self, session) -> Directory:
+        """The snapshot, read again first if departments or rules changed since (one query if not)."""
+        if store.revision(session) != self.snapshot.revision:
+            self.snapshot = load(session)
+        return self.snapshot

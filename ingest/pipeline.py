@@ -14,8 +14,9 @@ import itertools
 import logging
 import sys
 
-from ingest import directory, writer_pipe
+from ingest import writer_pipe
 from ingest.delivery import Delivery, Outcome
+from ingest.directory import Cache, DepartmentInfo, Directory
 from ingest.parse import ParsedMessage
 from storage.database import Database
 
@@ -31,7 +32,7 @@ class Pipeline:
         self.db = db  # for reads on the caller's loop
         self.ticket_prefix = ticket_prefix
         self.challenge = challenge  # ingest.challenges.ChallengeSettings; None: the defaults
-        self.directory = directory.Directory()
+        self._directory = Cache()
         self._proc: asyncio.subprocess.Process | None = None
         self._from_writer: writer_pipe.Receiver | None = None
         self._answers: asyncio.Task | None = None
@@ -42,7 +43,7 @@ class Pipeline:
         self._sending = asyncio.Lock()  # one job's bytes at a time on the pipe
 
     async def start(self) -> None:
-        self.directory = await self.db.run(directory.load)
+        await self.db.run(self._directory.current)
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ingest.writer", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
@@ -62,12 +63,18 @@ class Pipeline:
             await self._answers
             self._proc = None
 
-    async def department_for(self, address: str) -> directory.DepartmentInfo | None:
-        """The department owning an envelope recipient, re-reading the directory on a miss."""
+    @property
+    def directory(self) -> Directory:
+        """The snapshot `department_for` last read (the LMTP handler groups recipients by it)."""
+        return self._directory.snapshot
+
+    async def department_for(self, address: str) -> DepartmentInfo | None:
+        """The department owning an envelope recipient. A recipient the snapshot does not know makes
+        it check the revision (a department added since): checking it for every recipient would cost
+        this process more than the rest of a delivery."""
         found = self.directory.department_for(address)
         if found is None:
-            self.directory = await self.db.run(directory.refresh, self.directory)
-            found = self.directory.department_for(address)
+            found = (await self.db.run(self._directory.current)).department_for(address)
         return found
 
     async def deliver(self, delivery: Delivery, parsed: ParsedMessage | None = None) -> Outcome:

@@ -18,9 +18,10 @@ import sys
 
 from sqlalchemy.exc import IntegrityError
 
-from ingest import chain, directory, logs, tickets, writer_pipe
-from ingest.delivery import Outcome
-from ingest.parse import parse_message
+from ingest import chain, logs, tickets, writer_pipe
+from ingest.delivery import Delivery, Outcome
+from ingest.directory import Cache, Directory
+from ingest.parse import ParsedMessage, parse_message
 from ingest.writer_pipe import Answer, Answers, Failed, Job, Ready, Start
 from storage import store
 from storage.database import Database
@@ -63,7 +64,12 @@ class Writer:
         self.sync_sessions = self.db.sync_sqlite_sessions() if self.db.is_sqlite else None
         self.ticket_prefix = ticket_prefix
         self.challenge = challenge
-        self.directory = directory.Directory()
+        self._directory = Cache()
+
+    @property
+    def directory(self) -> Directory:
+        """The snapshot read for the group being committed."""
+        return self._directory.snapshot
 
     async def close(self) -> None:
         if self.sync_sessions:
@@ -88,7 +94,7 @@ class Writer:
 
     def _process_all(self, session, jobs: list[Job]) -> list[Outcome | Exception]:
         """The whole group in one savepoint; if anything in it fails, again one message at a time."""
-        self.directory = directory.refresh(session, self.directory)
+        self._directory.current(session)
         keys = [dedup_key(job.delivery, self.directory) for job in jobs]
         try:
             with session.begin_nested():
@@ -156,10 +162,10 @@ def outcome(message: Message, reason: str, duplicate: bool = False) -> Outcome:
     return Outcome(message.status, message.ticket_id, reason, duplicate)
 
 
-def dedup_key(delivery: Delivery, directory_: directory.Directory) -> str:
+def dedup_key(delivery: Delivery, directory: Directory) -> str:
     """Same bytes for the same department are the same delivery (an MTA retry, an IMAP re-fetch)."""
     digest = hashlib.sha256(delivery.raw).hexdigest()
-    dept = directory_.department(delivery.department) or directory_.department_for(delivery.recipient)
+    dept = directory.department(delivery.department) or directory.department_for(delivery.recipient)
     return f"{digest}:{dept.id if dept else delivery.recipient.lower()}"
 
 
