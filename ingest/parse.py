@@ -20,6 +20,7 @@ import codecs
 import hashlib
 import itertools
 import re
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email import policy
@@ -436,7 +437,7 @@ def _content_id(part: Message, w: _Warnings) -> str | None:
     return _clean(value, "Content-ID", w) or None
 
 
-def _payload(part: Message, n: int, w: _Warnings) -> bytes:
+def _payload(part: Message, n: int, src: _Source, w: _Warnings) -> bytes:
     """The part's payload with its transfer encoding undone (leniently, as compat32 does)."""
     raw_cte = _raw_header(part, "content-transfer-encoding") or ""
     cte = _unfold(raw_cte, "Content-Transfer-Encoding", w).strip().lower()
@@ -445,8 +446,9 @@ def _payload(part: Message, n: int, w: _Warnings) -> bytes:
     elif cte != raw_cte:  # compat32 compares the raw value: " Base64 " would go undecoded
         part.replace_header("Content-Transfer-Encoding", cte)
     # part._payload as parsed: get_payload() would re-decode 8-bit text by its charset.
-    content = _clean_base64(part._payload) if cte == "base64" else None
+    content = src.base64(part._payload) if cte == "base64" else None
     if content is None:
+        part.set_payload(src.restore(part._payload))
         content = part.get_payload(decode=True)
     return content if isinstance(content, bytes) else b""
 
@@ -465,19 +467,19 @@ def _clean_base64(payload) -> bytes | None:
     return binascii.a2b_base64(payload)
 
 
-def _flatten(part: Message, n: int, linesep: str, with_headers: bool, w: _Warnings) -> bytes:
+def _flatten(part: Message, n: int, src: _Source, with_headers: bool, w: _Warnings) -> bytes:
     """A part that compat32 parsed into sub-messages, re-serialised: whole (a multipart subtree keeps
     the headers naming its boundary) or only its body (message/*: the embedded message)."""
     try:
-        data = part.as_bytes(policy=_FLATTEN[linesep])
+        data = src.restore(part.as_bytes(policy=_FLATTEN[src.linesep]))
     except Exception as exc:  # RecursionError when the subtree itself is pathologically deep
         w.add(f"part {n} could not be serialised ({type(exc).__name__}), content left empty")
         return b""
     if with_headers:
         return data
     if len(part) == 0:  # no headers: the generator wrote one line break, then the body
-        return data[len(linesep):]
-    return data.split(linesep.encode() * 2, 1)[-1]
+        return data[len(src.linesep):]
+    return data.split(src.linesep.encode() * 2, 1)[-1]
 
 
 def _embedded_name(part: Message, n: int, w: _Warnings) -> str:
@@ -510,18 +512,17 @@ def _defects(part: Message, n: int, w: _Warnings) -> None:
         w.add(f"part {n}: {doc}" + (f" ({_short(detail, 40)})" if detail else ""))
 
 
-def _walk(part: Message, body: _Body, numbers: Iterator[int], linesep: str, w: _Warnings,
+def _walk(part: Message, body: _Body, src: _Source, w: _Warnings,
           depth: int = 0) -> None:
     """Sort one MIME entity and its children into body text, html and attachments."""
-    n = next(numbers)
+    n = next(src.numbers)
     try:
-        _sort(part, n, body, numbers, linesep, w, depth)
+        _sort(part, n, body, src, w, depth)
     except Exception as exc:  # one bad part must not cost the others
         w.add(f"part {n} could not be decoded ({type(exc).__name__}), skipped")
 
 
-def _sort(part: Message, n: int, body: _Body, numbers: Iterator[int], linesep: str, w: _Warnings,
-          depth: int) -> None:
+def _sort(part: Message, n: int, body: _Body, src: _Source, w: _Warnings, depth: int) -> None:
     """File part `n` as body text or html or an attachment, or descend into its children."""
     view = _params_view(part, n, w)
     ctype = _content_type(view)
@@ -530,17 +531,17 @@ def _sort(part: Message, n: int, body: _Body, numbers: Iterator[int], linesep: s
     if children is not None and ctype.startswith("multipart/") and depth < MAX_DEPTH:
         _defects(part, n, w)
         if ctype == "multipart/alternative":
-            _alternatives(children, body, numbers, linesep, w, depth)
+            _alternatives(children, body, src, w, depth)
         for child in children if ctype != "multipart/alternative" else ():
-            _walk(child, body, numbers, linesep, w, depth + 1)
+            _walk(child, body, src, w, depth + 1)
         return
     if children is not None:  # message/* (kept whole), or nesting past MAX_DEPTH
         deep = ctype.startswith("multipart/")
         if deep:
             w.add(f"multipart nesting deeper than {MAX_DEPTH} levels, rest kept as attachment")
-        content = _flatten(part, n, linesep, deep, w)
+        content = _flatten(part, n, src, deep, w)
     else:
-        content = _payload(part, n, w)
+        content = _payload(part, n, src, w)
     _defects(part, n, w)
     filename = _filename(view, n, w)
     if ctype.startswith("multipart/") and children is None:
@@ -555,14 +556,13 @@ def _sort(part: Message, n: int, body: _Body, numbers: Iterator[int], linesep: s
         body.attachments.append(_attachment(part, view, n, ctype, content, filename, w))
 
 
-def _alternatives(children: list[Message], body: _Body, numbers: Iterator[int], linesep: str, w: _Warnings,
-                  depth: int) -> None:
+def _alternatives(children: list[Message], body: _Body, src: _Source, w: _Warnings, depth: int) -> None:
     """One of multipart/alternative's versions for the body: the first with text/plain that is not
     blank, else the last (richest) that is not blank; the attachments of all."""
     versions = []
     for child in children:
         version = _Body()
-        _walk(child, version, numbers, linesep, w, depth + 1)
+        _walk(child, version, src, w, depth + 1)
         versions.append(version)
         body.attachments.extend(version.attachments)
     shown = next((v for v in versions if any(t.strip() for c, t in v.texts if c == "text/plain")), None)
@@ -717,19 +717,106 @@ def _header_section(raw: bytes, w: _Warnings) -> tuple[bytes, int]:
     return b"".join(fixed), offset
 
 
-def _structure(raw: bytes, w: _Warnings) -> Message:
+_RUN_BYTES = 64 * 1024
+_BASE64_RUN = re.compile(rb"[A-Za-z0-9+/\r\n]{%d,}" % _RUN_BYTES)
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+_LARGE = 1 << 20  # messages from this size on are parsed with placeholders for their large base64 runs
+
+
+class _Source:
+    """The raw message as the parse reads it: its line ending, part numbers, and its large base64 runs.
+
+    The feed parser keeps a part's body as a list of lines and then joins it: for a large attachment
+    that is ~2.7x the message beside the message itself. So a large message is fed with each run of
+    64 KiB or more of base64 lines replaced by one placeholder line; `base64` decodes such a part
+    straight from the raw bytes, and `restore` gives the run back to anything else that meets it."""
+
+    def __init__(self, raw: bytes, offset: int):
+        self.raw, self.view = raw, memoryview(raw)
+        self.linesep = "\r\n" if b"\r\n" in raw[:8192] else "\n"
+        self.numbers = itertools.count(1)
+        self.runs: list[tuple[int, int]] = []  # (start, end) in raw, each whole non-empty lines
+        if len(raw) >= _LARGE:
+            for match in _BASE64_RUN.finditer(raw, offset):
+                self.runs += self._lines(match.start(), match.end())
+        self.token = secrets.token_hex(8)  # mail cannot name a run
+        self.placeholder = re.compile(r"=ticketmail-run-%s-(\d+)=(\r?\n)?" % self.token)
+        self.placeholder_bytes = re.compile(self.placeholder.pattern.encode())
+
+    def _lines(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The stretches of raw[start:end] made of whole, non-empty lines that are still _RUN_BYTES long."""
+        raw, runs = self.raw, []
+        if start and raw[start - 1] not in b"\r\n":  # begun inside a line (after "name: "): the next one
+            start = raw.find(b"\n", start, end) + 1 or end
+        end = raw.rfind(b"\n", start, end) + 1 or start  # ended inside a line: the line before
+        for blank in [*_BLANK_LINE.finditer(raw, start, end), None]:  # the end of a part's header section
+            stop = blank.start() + 1 if blank else end
+            while start < stop and raw[start] in b"\r\n":
+                start += 1
+            if stop - start >= _RUN_BYTES:
+                runs.append((start, stop))
+            start = blank.end() if blank else end
+        return runs
+
+    def feed(self, parser: BytesFeedParser, at: int) -> None:
+        """Feed raw[at:] in pieces (as BytesParser does through a StringIO, which holds 4 bytes a
+        character), each large run as one placeholder line."""
+        for i, (start, end) in enumerate([*self.runs, (len(self.raw), len(self.raw))]):
+            for piece in range(at, start, _FEED):
+                parser.feed(bytes(self.view[piece : min(piece + _FEED, start)]))
+            if i < len(self.runs):
+                parser.feed(b"=ticketmail-run-%s-%d=%s" % (self.token.encode(), i, self.linesep.encode()))
+            at = end
+
+    def _run(self, match) -> bytes:
+        """The run a placeholder stands for; without its last line break where the parser took the
+        placeholder's (the line break before a boundary belongs to the boundary)."""
+        run = self.raw[slice(*self.runs[int(match.group(1))])]
+        return run if match.group(2) else run.rstrip(b"\r\n")
+
+    def restore(self, data):
+        """`data` from the parser (text or bytes) with each placeholder replaced by its run."""
+        if not self.runs:
+            return data
+        if isinstance(data, bytes):
+            return self.placeholder_bytes.sub(self._run, data)
+        if isinstance(data, str):
+            return self.placeholder.sub(lambda m: self._run(m).decode("ascii"), data)
+        return data
+
+    def base64(self, payload) -> bytes | None:
+        """A base64 payload decoded, its runs straight from the raw bytes; None if it is not clean
+        base64 (compat32 then decodes it leniently, and reports)."""
+        if not isinstance(payload, str) or not self.runs or "=ticketmail-run-" not in payload:
+            return _clean_base64(payload)
+        pieces = self.placeholder.split(payload)  # text, run number, line break, text, ...
+        decoded = []
+        for i in range(0, len(pieces), 3):
+            if pieces[i]:
+                text = _clean_base64(pieces[i])
+                if text is None:
+                    return None
+                decoded.append(text)
+            if i + 1 < len(pieces):
+                start, end = self.runs[int(pieces[i + 1])]
+                if (end - start - self.raw.count(b"\n", start, end) - self.raw.count(b"\r", start, end)) % 4:
+                    return None  # pieces decoded apart must each be whole groups of four
+                decoded.append(binascii.a2b_base64(self.view[start:end]))
+        return b"".join(decoded)
+
+
+def _structure(raw: bytes, w: _Warnings) -> tuple[Message, _Source]:
     """The compat32 tree; headers only (body unparsed) if the parser itself fails."""
     headers, offset = _header_section(raw, w)
+    src = _Source(raw, offset)
     try:
-        # Fed in pieces, as BytesParser does through a StringIO, which holds 4 bytes a character.
-        parser, view = BytesFeedParser(policy=policy.compat32), memoryview(raw)
+        parser = BytesFeedParser(policy=policy.compat32)
         parser.feed(headers)
-        for at in range(offset, len(raw), _FEED):
-            parser.feed(bytes(view[at : at + _FEED]))
-        return parser.close()
+        src.feed(parser, offset)
+        return parser.close(), src
     except Exception as exc:  # RecursionError: the feed parser recurses once per nesting level
         w.add(f"MIME structure could not be parsed ({type(exc).__name__}), body left unparsed")
-        return BytesHeaderParser(policy=policy.compat32).parsebytes(headers + raw[offset:])
+        return BytesHeaderParser(policy=policy.compat32).parsebytes(headers + raw[offset:]), src
 
 
 def _sender(froms: list[str], w: _Warnings) -> tuple[str, str]:
@@ -765,7 +852,7 @@ def _references(values: dict[str, list[str]], w: _Warnings) -> tuple[str | None,
 
 
 def _parse(raw: bytes, w: _Warnings) -> ParsedMessage:
-    msg = _structure(raw, w)
+    msg, src = _structure(raw, w)
     unfolded = [(name, _unfold(value, name, w)) for name, value in msg.raw_items()]
     headers = [(name, _clean(_decode_words(value, f"header {name}", w), f"header {name}", w))
                for name, value in unfolded]
@@ -781,7 +868,7 @@ def _parse(raw: bytes, w: _Warnings) -> ParsedMessage:
     to_names = _addresses(values.get("to", []), "To", w)
     cc_names = _addresses(values.get("cc", []), "Cc", w)
     body = _Body()
-    _walk(msg, body, itertools.count(1), "\r\n" if b"\r\n" in raw[:8192] else "\n", w)
+    _walk(msg, body, src, w)
     return ParsedMessage(
         message_id=message_id, in_reply_to=in_reply_to, references=references,
         from_addr=from_addr, from_name=from_name,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import random
 import re
 from datetime import datetime, timezone
+from email.message import EmailMessage
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -354,6 +357,38 @@ def test_attached_message_is_one_eml_attachment():
     embedded = b"From: bob@example.com\nSubject: Fwd: original question\n\noriginal body"
     assert (att.filename, att.content_type, att.content) == ("Fwd original question.eml", "message/rfc822", embedded)
     assert parsed.text == "see below"
+
+
+def test_a_large_message_decodes_as_a_small_one(monkeypatch):
+    # Large base64 runs are fed to the feed parser as placeholders and decoded from the raw bytes:
+    # every part must come out as without placeholders, wherever a run sits.
+    blob = random.Random(7).randbytes(600_000)
+    inner = EmailMessage()
+    inner["Subject"] = "inner"
+    inner.set_content("see the picture")
+    inner.add_attachment(blob[:200_000], maintype="image", subtype="png", filename="inner.png")
+    outer = EmailMessage()
+    outer["From"], outer["Subject"] = "a@example.com", "large"
+    outer.set_content("text first\n")
+    outer.add_attachment(blob, maintype="application", subtype="octet-stream", filename="a.bin")
+    outer.add_attachment(inner)  # a run inside an attached message: restored when it is re-serialised
+    armoured = "\n".join(base64.b64encode(blob[i:i + 54]).decode() for i in range(0, 300_000, 54))
+    outer.add_attachment(armoured + "\n", subtype="plain", filename="key.asc")  # base64-like text, 7bit
+    outer.add_attachment(blob[:400_000], maintype="application", subtype="x-odd", filename="odd.bin")
+    odd = base64.b64encode(blob[:400_000]).decode()  # lines of 73: a run that is not whole groups of four
+    raw = outer.as_bytes().replace(base64.encodebytes(blob[:400_000]),
+                                   "\n".join(odd[i:i + 73] for i in range(0, len(odd), 73)).encode() + b"\n")
+    for data in (raw, raw.replace(b"\n", b"\r\n")):
+        assert len(data) > 1 << 20
+        parsed = parse_message(data)
+        assert [a.filename for a in parsed.attachments] == ["a.bin", "inner.eml", "key.asc", "odd.bin"]
+        assert (parsed.attachments[0].content, parsed.attachments[3].content) == (blob, blob[:400_000])
+        assert parse_message(parsed.attachments[1].content).attachments[0].content == blob[:200_000]
+        assert parsed.attachments[2].content.decode().replace("\r\n", "\n") == armoured + "\n"
+        with monkeypatch.context() as m:
+            m.setattr("ingest.parse._LARGE", len(data) + 1)  # no placeholders
+            whole = parse_message(data)
+        assert (parsed.text, parsed.attachments, parsed.warnings) == (whole.text, whole.attachments, whole.warnings)
 
 
 def test_broken_base64_is_decoded_leniently_with_warnings():

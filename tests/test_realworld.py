@@ -88,3 +88,17 @@ async def test_real_world_mail_is_stored_decided_and_parsed_as_well_as_zammad(co
     assert not unexpected, "ticketmail and Zammad differ:\n" + "\n".join(f"{k}: {v}" for k, v in unexpected.items())
     gone = sorted(INTENDED.keys() - found.keys())
     assert not gone, f"listed as intended differences but now the same (remove them from INTENDED): {gone}"
+
+
+def test_placeholders_for_large_base64_runs_change_nothing(corpus, monkeypatch):
+    # Messages from 1 MiB on are parsed with their large base64 runs as placeholders (ingest/parse.py,
+    # _Source): parsing every corpus mail that way must give exactly what the plain parse gives.
+    from ingest.parse import parse_message
+
+    entries, _ = corpus
+    plain = [parse_message(raw) for _, raw in entries]
+    monkeypatch.setattr("ingest.parse._LARGE", 0)
+    for (name, raw), expected in zip(entries, plain):
+        parsed = parse_message(raw)
+        assert (parsed.subject, parsed.text, parsed.html, parsed.attachments, parsed.warnings) == (
+            expected.subject, expected.text, expected.html, expected.attachments, expected.warnings), name
