@@ -12,6 +12,7 @@ from sqlalchemy import select
 from bridge.sync import Options
 from storage import imap_store
 from storage.models import ImapAccount, Message
+from tests import statuscodes as codes
 from tests.bridge_helpers import (  # noqa: F401 - fixtures
     SALES,
     SUPPORT,
@@ -89,12 +90,17 @@ async def test_imap_list_never_shows_the_password_and_it_is_encrypted_at_rest(
 
 
 async def test_message_appended_during_idle_becomes_a_ticket_within_two_seconds(
-        dovecot, add_account, run_bridge, db, cli):
+        dovecot, add_account, run_bridge, db, cli, caplog):
+    caplog.set_level(logging.DEBUG, logger="aioimaplib")
     await asyncio.to_thread(dovecot.append, "support", mails(1, "before"))
     assert (await add_account(dovecot))[0] == 0
     await run_bridge()
     await synced_to(cli, 1)
-    await asyncio.sleep(0.3)  # the loop is now waiting in IDLE
+
+    async def idling():  # aioimaplib logs the server's go-ahead to IDLE, which comes after the first pass
+        return "assuming IDLE is active" in caplog.text
+
+    await wait_until(idling, 10, "the sync loop to wait in IDLE")
 
     await asyncio.to_thread(dovecot.append, "support", mails(1, "during idle"))
     assert await tickets_at_least(db, 2, timeout=2.0) == 2, "not a ticket within 2 s of the APPEND"
@@ -113,7 +119,7 @@ class SlowPipeline:
 
 
 async def test_server_killed_mid_sync_resumes_with_no_loss_and_no_duplicate(
-        dovecot, add_account, run_bridge, pipeline, db, cli):
+        dovecot, add_account, run_bridge, pipeline, db, cli, caplog):
     await asyncio.to_thread(dovecot.append, "support", mails(400, "crash"))
     assert (await add_account(dovecot))[0] == 0
     await run_bridge(Options(timeout=5, batch=20, backoff_base=0.2, backoff_cap=1),
@@ -126,7 +132,13 @@ async def test_server_killed_mid_sync_resumes_with_no_loss_and_no_duplicate(
         return (await imap_list(cli))[0]["last_error"]
 
     await wait_until(error_recorded, 10, "the lost connection to be shown on the account")
-    await asyncio.sleep(1)
+    # The server stays down until the bridge has failed to reconnect to it at least once.
+    lost = sum("reconnecting in" in r.getMessage() for r in caplog.records)
+
+    async def retried():
+        return sum("reconnecting in" in r.getMessage() for r in caplog.records) > lost
+
+    await wait_until(retried, 10, "a reconnect to the dead server to fail")
     await asyncio.to_thread(dovecot.start)
 
     account = await synced_to(cli, 400, timeout=60)
@@ -225,7 +237,7 @@ async def test_failing_account_does_not_stop_the_others_or_lmtp(
     await asyncio.to_thread(dovecot.append, "sales", mails(3, "sales mail", to=SALES))
     await run_bridge()
     replies = await deliver(lmtp.port, "bob@else.example", SUPPORT, message(frm="bob@else.example", subject="lmtp"))
-    assert replies[0][0] == 250
+    assert replies[0][0] == codes.OK
 
     async def failed():
         accounts = {a["name"]: a for a in await imap_list(cli)}

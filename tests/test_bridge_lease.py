@@ -8,6 +8,7 @@ import signal
 import time
 
 import pytest
+from sqlalchemy import text
 
 from tests.bridge_helpers import (  # noqa: F401 - fixtures
     add_account,
@@ -24,6 +25,26 @@ from tests.dovecot import dovecot  # noqa: F401 - fixture
 LEASE = 6  # seconds; production's default is 30
 
 
+# Each attempt to take a lease, whether or not it succeeds (a BEFORE INSERT trigger fires before the
+# INSERT ... ON CONFLICT finds the lease taken): the proof that a process had its chance to take it.
+RECORD_ATTEMPTS = [
+    "CREATE TABLE lease_attempts (holder text NOT NULL)",
+    "CREATE FUNCTION record_lease_attempt() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN INSERT INTO lease_attempts (holder) VALUES (NEW.holder); RETURN NEW; END $$",
+    "CREATE TRIGGER lease_attempt BEFORE INSERT ON imap_leases FOR EACH ROW EXECUTE FUNCTION record_lease_attempt()",
+]
+
+
+def record_attempts(session) -> None:
+    for statement in RECORD_ATTEMPTS:
+        session.execute(text(statement))
+
+
+def attempts_of(session, pid: int) -> int:
+    """How many times the process `pid` tried to take a lease (its holder name is host:pid:random)."""
+    return session.scalar(text("SELECT count(*) FROM lease_attempts WHERE holder LIKE :p"), {"p": f"%:{pid}:%"})
+
+
 def bridge_logins(dovecot) -> int:
     """Logins over TLS: the bridge's and `imap add`'s (this test's own APPENDs log in without TLS)."""
     return sum(1 for line in dovecot.log().splitlines() if "Login: user=<support>" in line and ", TLS" in line)
@@ -38,6 +59,7 @@ async def test_one_process_syncs_an_account_and_another_takes_over_when_it_dies(
     logs = {name: tmp_path / f"serve-{name}.log" for name in "ab"}
     files = {name: open(path, "w") for name, path in logs.items()}
     servers = {}
+    await db.run(record_attempts, write=True)
     try:
         servers["a"] = serve(db_url, files["a"], **env)
 
@@ -46,7 +68,13 @@ async def test_one_process_syncs_an_account_and_another_takes_over_when_it_dies(
 
         await wait_until(a_syncs, 30, lambda: f"A to sync the account; its log:\n{logs['a'].read_text()}")
         servers["b"] = serve(db_url, files["b"], **env)
-        await asyncio.sleep(LEASE / 3 * 2 + 1)  # B has looked at the lease at least twice
+
+        async def b_tried_twice():
+            return await db.run(attempts_of, servers["b"].pid) >= 2
+
+        await wait_until(b_tried_twice, 30, lambda: f"B to try to take the lease twice; its log:\n"
+                                                    f"{logs['b'].read_text()}")
+        assert "imap support: syncing" not in logs["b"].read_text(), "B took the lease A holds"
 
         await asyncio.to_thread(dovecot.append, "support", mails(20, "first"))
         assert await tickets_at_least(db, 20, timeout=30) == 20

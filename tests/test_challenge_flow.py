@@ -12,6 +12,7 @@ from ingest import confirm
 from ingest.challenges import token_hash
 from storage.database import Database
 from storage.models import Challenge, Customer, Message, Outbox
+from tests import statuscodes as codes
 from tests.challenge_helpers import BOB, SALES, SUPPORT, as_json, desk  # noqa: F401 - desk is a fixture
 from tests.conftest import deliver
 from tests.mail import message
@@ -49,7 +50,7 @@ async def press_confirm(desk, link, page: str | None = None):
 async def test_newcomer_confirms_and_the_held_mail_becomes_a_ticket(desk, cli, db):
     raw = message(frm=f"Bob Newcomer <{BOB}>", subject="Server down", Message_ID="<first@newcomer.example>")
     [(code, reply)] = await deliver(desk.lmtp.port, BOB, SUPPORT, raw)
-    assert code == 250 and b"held" in reply
+    assert code == codes.OK and b"held" in reply
     assert await as_json(cli, "tickets", "list") == []
 
     mail = await desk.challenge()
@@ -100,7 +101,7 @@ async def test_newcomer_confirms_and_the_held_mail_becomes_a_ticket(desk, cli, d
 
     # From now on Bob is a customer: his next mail is a ticket, and nobody challenges him again.
     [(code, reply)] = await deliver(desk.lmtp.port, BOB, SUPPORT, message(frm=BOB, subject="Also the mail"))
-    assert code == 250 and b"ticket #2" in reply
+    assert code == codes.OK and b"ticket #2" in reply
     await desk.outbox.run_once()
     assert len(desk.sink.received) == 1
     # The used link now says so, and reveals nothing.
