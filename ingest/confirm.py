@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
+from ingest import directory
 from ingest.challenges import token_hash
 from ingest.release import release
 from storage import challenge_store, store
@@ -85,8 +86,9 @@ def confirm(session, token: str, *, ticket_prefix: str) -> list[int]:
     challenge = _find(session, token)
     messages = challenge_store.waiting_messages(session, challenge.mailbox)
     verify(session, challenge.sender, messages[0].from_name if messages else "")
-    numbers = [release(session, m, ticket_prefix=ticket_prefix, by=f"{challenge.sender} confirming the challenge")
-               for m in messages]
+    snapshot = directory.load(session)
+    numbers = [release(session, m, ticket_prefix=ticket_prefix, by=f"{challenge.sender} confirming the challenge",
+                       snapshot=snapshot) for m in messages]
     challenge.tickets = numbers
     challenge_store.drop_waits(session, [m.id for m in messages])
     return numbers
@@ -122,8 +124,10 @@ def release_stragglers(session, *, ticket_prefix: str) -> int:
     On PostgreSQL a message can be held while, in another process, its sender's confirmation commits;
     this (run by the sweeper) releases it soon after."""
     found = challenge_store.stragglers(session)
+    snapshot = directory.load(session) if found else None
     for message, sender in found:
-        release(session, message, ticket_prefix=ticket_prefix, by=f"the sweeper: {sender} is a verified customer")
+        release(session, message, ticket_prefix=ticket_prefix, by=f"the sweeper: {sender} is a verified customer",
+                snapshot=snapshot)
     challenge_store.drop_waits(session, [m.id for m, _ in found])
     challenge_store.close_for_customers(session, utcnow())
     return len(found)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from ingest import challenges
 from ingest.chain import Context, Decision
 from storage import store
@@ -49,6 +51,7 @@ def act(ctx: Context, message: Message, decision: Decision) -> None:
         store.touch(ticket)
     else:
         if decision.action == "hold":
+            message.verdict = dataclasses.asdict(verdict) if verdict else None  # for its release
             challenges.carry_out(ctx, message)  # the challenge and its mail, in this transaction
         ctx.note(decision.action if decision.action != "hold" else "held", decision.reason)
     for kind, detail in ctx.events:

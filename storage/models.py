@@ -136,6 +136,9 @@ class Message(Base):
     envelope_sender: Mapped[str] = mapped_column(String(320), default="")
     envelope_recipient: Mapped[str] = mapped_column(String(320), default="")
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A held message's rules verdict (ingest.rules.Verdict as a dict), so that its release acts on it
+    # as the delivery would have.
+    verdict: Mapped[dict | None] = mapped_column(JSON)
     ticket: Mapped[Ticket | None] = relationship(lazy="raise")
     attachments: Mapped[list[Attachment]] = relationship(
         lazy="raise", cascade="all, delete-orphan", order_by="Attachment.id"
