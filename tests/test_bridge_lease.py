@@ -33,11 +33,18 @@ RECORD_ATTEMPTS = [
     "$$ BEGIN INSERT INTO lease_attempts (holder) VALUES (NEW.holder); RETURN NEW; END $$",
     "CREATE TRIGGER lease_attempt BEFORE INSERT ON imap_leases FOR EACH ROW EXECUTE FUNCTION record_lease_attempt()",
 ]
+# The test database is shared by the whole run: leave its schema as the migrations made it.
+FORGET_ATTEMPTS = [
+    "DROP TRIGGER lease_attempt ON imap_leases", "DROP FUNCTION record_lease_attempt()", "DROP TABLE lease_attempts",
+]
 
 
-def record_attempts(session) -> None:
-    for statement in RECORD_ATTEMPTS:
-        session.execute(text(statement))
+@pytest.fixture
+async def lease_attempts(db):
+    """Lease attempts are recorded (see attempts_of) during the test."""
+    await db.run(lambda s: [s.execute(text(statement)) for statement in RECORD_ATTEMPTS], write=True)
+    yield
+    await db.run(lambda s: [s.execute(text(statement)) for statement in FORGET_ATTEMPTS], write=True)
 
 
 def attempts_of(session, pid: int) -> int:
@@ -52,14 +59,13 @@ def bridge_logins(dovecot) -> int:
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 async def test_one_process_syncs_an_account_and_another_takes_over_when_it_dies(
-        dovecot, add_account, db, db_url, cli, tmp_path, bridge_key):
+        dovecot, add_account, db, db_url, cli, tmp_path, bridge_key, lease_attempts):
     assert (await add_account(dovecot))[0] == 0
     assert bridge_logins(dovecot) == 1  # imap add's test
     env = dict(TICKETMAIL_BRIDGE_KEY_FILE=str(bridge_key), TICKETMAIL_BRIDGE_LEASE_SECONDS=str(LEASE))
     logs = {name: tmp_path / f"serve-{name}.log" for name in "ab"}
     files = {name: open(path, "w") for name, path in logs.items()}
     servers = {}
-    await db.run(record_attempts, write=True)
     try:
         servers["a"] = serve(db_url, files["a"], **env)
 
