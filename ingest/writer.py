@@ -1,10 +1,11 @@
-"""The pipeline's writer process: `python -m ingest.writer`, started by ingest/pipeline.py.
+"""The pipeline's writer: `python -m ingest.writer`, a process started by ingest/pipeline.py.
 
 It reads jobs (deliveries) from stdin (ingest/writer_pipe.py) and commits whatever has arrived as one
 group: the whole group in one savepoint, or, if anything in it fails, one message at a time, so a bad
-message fails alone. It answers each group with one message on stdout. On SQLite it writes through the blocking
-sqlite3 driver (through aiosqlite every statement would be a round trip through a second thread);
-on PostgreSQL through asyncpg. Signals are ignored: the parent stops it by closing stdin.
+message fails alone. It answers each group with one message on stdout. On SQLite it writes through
+the blocking sqlite3 driver (through aiosqlite every statement would be a round trip through a second
+thread); on PostgreSQL through asyncpg. Signals are ignored: the parent stops it by closing stdin.
+`InProcessWriter` runs the same writer on the caller's loop, for tests of what the pipeline decides.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 from sqlalchemy.exc import IntegrityError
 
@@ -29,29 +31,38 @@ from storage.models import Attachment, Message
 
 log = logging.getLogger("ticketmail.writer")
 
-class Inbox:
-    """Jobs as they come through the pipe, and whether one is on its way."""
 
-    def __init__(self, receiver: writer_pipe.Receiver):
+class Inbox:
+    """Jobs waiting to be committed, and whether one is still on its way through the pipe."""
+
+    def __init__(self, receiver: writer_pipe.Receiver | None = None):
         self.receiver, self.jobs = receiver, asyncio.Queue()
+
+    def put(self, job: Job | None) -> None:
+        """A job to commit; None: there will be no more."""
+        self.jobs.put_nowait(job)
 
     async def receive(self) -> None:
         """Read jobs until the parent closes the pipe; then a None."""
         while (job := await self.receiver.read()) is not None:
-            self.jobs.put_nowait(job)
-        self.jobs.put_nowait(None)
+            self.put(job)
+        self.put(None)
+
+    @property
+    def arriving(self) -> bool:
+        return self.receiver is not None and self.receiver.arriving
 
     async def group(self) -> list[Job] | None:
         """The jobs that have arrived, waiting for one still on its way while the group is small;
-        None once the pipe is closed and every job has been handed out."""
+        None once the inbox is closed and every job has been handed out."""
         first = await self.jobs.get()
         if first is None:
             return None
         group, size = [first], len(first.delivery.raw)
-        while not self.jobs.empty() or (self.receiver.arriving and size < GROUP_BYTES):
+        while not self.jobs.empty() or (self.arriving and size < GROUP_BYTES):
             job = await self.jobs.get()
             if job is None:
-                self.jobs.put_nowait(None)  # for the next call
+                self.put(None)  # for the next call
                 break
             group.append(job)
             size += len(job.delivery.raw)
@@ -59,8 +70,12 @@ class Inbox:
 
 
 class Writer:
-    def __init__(self, url: str, ticket_prefix: str, challenge):
+    def __init__(self, url: str, ticket_prefix: str, challenge, *, own_loop: bool = True):
+        """own_loop: nothing else runs on this loop (the writer process), so the blocking SQLite
+        driver may run on it; beside other tasks it runs in a thread, or a transaction of theirs on
+        the same file would wait for the writer while the writer waited for it."""
         self.db = Database(url)
+        self.own_loop = own_loop
         self.sync_sessions = self.db.sync_sqlite_sessions() if self.db.is_sqlite else None
         self.ticket_prefix = ticket_prefix
         self.challenge = challenge
@@ -81,9 +96,10 @@ class Writer:
         jobs = [dataclasses.replace(job, parsed=parse_message(job.delivery.raw)) if job.parsed is None else job
                 for job in jobs]
         try:
-            if self.sync_sessions:
-                with self.sync_sessions() as session, session.begin():
-                    results = self._process_all(session, jobs)
+            if self.sync_sessions and self.own_loop:
+                results = self._commit_sqlite(jobs)
+            elif self.sync_sessions:
+                results = await asyncio.to_thread(self._commit_sqlite, jobs)
             else:
                 results = await self.db.run(self._process_all, jobs, write=True)
         except Exception as e:  # the commit itself failed: nothing of this group is stored
@@ -91,6 +107,10 @@ class Writer:
             results = [e] * len(jobs)
         return [Answer(job.id, r) if isinstance(r, Outcome) else
                 Answer(job.id, error=f"{type(r).__name__}: {r}".splitlines()[0]) for job, r in zip(jobs, results)]
+
+    def _commit_sqlite(self, jobs: list[Job]) -> list[Outcome | Exception]:
+        with self.sync_sessions() as session, session.begin():
+            return self._process_all(session, jobs)
 
     def _process_all(self, session, jobs: list[Job]) -> list[Outcome | Exception]:
         """The whole group in one savepoint; if anything in it fails, again one message at a time."""
@@ -211,6 +231,55 @@ def record(d: Delivery, parsed: ParsedMessage, key: str) -> Message:
 GROUP_BYTES = 16 * 1024 * 1024
 
 
+async def commit_groups(writer: Writer, inbox: Inbox, answer: Callable[[Answers], None]) -> None:
+    """Commit all that arrived while the last group was committing, until the inbox is closed."""
+    while (jobs := await inbox.group()) is not None:
+        answer(Answers(await writer.commit(jobs)))
+
+
+class InProcessWriter:
+    """The same writer as a task of the caller's loop, behind the interface of the writer process
+    (ingest/pipeline.py's WriterProcess), for tests of what the pipeline decides."""
+
+    def __init__(self) -> None:
+        self.inbox = Inbox()
+        self._answers: asyncio.Queue[Answers | None] = asyncio.Queue()
+        self._writer: Writer | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self, settings: Start) -> None:
+        self._writer = Writer(settings.url, settings.ticket_prefix, settings.challenge, own_loop=False)
+        self._task = asyncio.create_task(self._commit_groups(), name="in-process-writer")
+
+    async def _commit_groups(self) -> None:
+        try:
+            await commit_groups(self._writer, self.inbox, self._answers.put_nowait)
+        finally:
+            self._answers.put_nowait(None)
+
+    async def send(self, job: Job) -> None:
+        self.inbox.put(job)
+
+    async def answers(self) -> Answers | None:
+        """The answers of the next committed group; None once the writer has ended."""
+        return await self._answers.get()
+
+    async def ended(self) -> str:
+        try:
+            await self._task
+        except Exception as e:
+            return f"task failed: {e!r}"
+        return "task ended"
+
+    async def stop(self) -> None:
+        """Let the writer commit what it was given, then close it."""
+        self.inbox.put(None)
+        try:
+            await self._task
+        finally:
+            await self._writer.close()
+
+
 async def serve() -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**31)
@@ -227,8 +296,7 @@ async def serve() -> None:
     inbox = Inbox(receiver)
     receiving = asyncio.create_task(inbox.receive())
     try:
-        while (jobs := await inbox.group()) is not None:  # all that arrived while the last group was committing
-            writer_pipe.write(out, Answers(await writer.commit(jobs)))
+        await commit_groups(writer, inbox, lambda answers: writer_pipe.write(out, answers))
         await receiving
     finally:
         await writer.close()

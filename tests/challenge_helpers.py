@@ -144,7 +144,7 @@ async def start_desk(db: Database, configure=None, *, sink_port: int | None = No
     runner = web.AppRunner(create_app(db, config))
     await runner.setup()
     await web.SockSite(runner, web_sock).start()
-    pipeline = Pipeline(db, config.ticket_prefix, settings_for(config))
+    pipeline = Pipeline(db, config.ticket_prefix, settings_for(config), in_process=True)  # its writer on this loop
     await pipeline.start()
     lmtp = LMTPListener(pipeline, host="127.0.0.1", port=0, limits=Limits(max_message_bytes=4_000_000))
     await lmtp.start()

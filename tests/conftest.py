@@ -111,6 +111,16 @@ def cli(db_url, monkeypatch, capsys):
 
 @pytest.fixture
 async def pipeline(db):
+    """The pipeline with its writer on the test's loop: for what the pipeline decides (no process)."""
+    p = Pipeline(db, in_process=True)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+@pytest.fixture
+async def writer_process_pipeline(db):
+    """The pipeline with its writer process, as `serve` runs it: for tests the process plays a part in."""
     p = Pipeline(db)
     await p.start()
     yield p
@@ -119,7 +129,7 @@ async def pipeline(db):
 
 @pytest.fixture
 async def lmtp(pipeline):
-    """The real LMTP listener on a free loopback port."""
+    """The real LMTP listener on a free loopback port (a module may override `pipeline`)."""
     listener = LMTPListener(pipeline, host="127.0.0.1", port=0, limits=Limits(max_message_bytes=4_000_000))
     await listener.start()
     yield listener

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from sqlalchemy import func, select, text
 
 from ingest.lmtp import SHUTTING_DOWN, TEMPFAIL
@@ -17,6 +18,12 @@ from tests.mail import message
 SUPPORT = "support@xyzhosting.com"
 SALES = "sales@xyzhosting.com"
 ALICE = "alice@customer.example"
+
+
+@pytest.fixture
+def pipeline(writer_process_pipeline):
+    """LMTP end to end: the `lmtp` fixture's listener delivers through the writer process, as in `serve`."""
+    return writer_process_pipeline
 
 
 async def setup_helpdesk(cli, policy="hold"):

@@ -20,14 +20,14 @@ from tests.mail import message
 
 
 @pytest.fixture
-async def listen(pipeline, cli):
+async def listen(writer_process_pipeline, cli):
     """Start a listener with the given limits (the helpdesk has Support and the customer Alice)."""
     assert (await cli("department", "add", "Support", "--address", SUPPORT, "--unknown-sender", "hold"))[0] == 0
     assert (await cli("customer", "add", ALICE))[0] == 0
     started = []
 
     async def start(**limits) -> LMTPListener:
-        listener = LMTPListener(pipeline, host="127.0.0.1", port=0, limits=Limits(**limits))
+        listener = LMTPListener(writer_process_pipeline, host="127.0.0.1", port=0, limits=Limits(**limits))
         await listener.start()
         started.append(listener)
         return listener
