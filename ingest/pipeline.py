@@ -65,12 +65,14 @@ class WriterProcess:
 
 
 class Pipeline:
-    def __init__(self, db: Database, ticket_prefix: str = "Ticket", challenge=None, *, in_process: bool = False):
+    def __init__(self, db: Database, ticket_prefix: str = "Ticket", challenge=None, *, in_process: bool = False,
+                 resubmission_days: int = 7):
         """in_process: the writer runs on this loop instead of in a process of its own (tests of what
         the pipeline decides; `serve` keeps the process)."""
         self.db = db  # for reads on the caller's loop
         self.ticket_prefix = ticket_prefix
         self.challenge = challenge  # ingest.challenges.ChallengeSettings; None: the defaults
+        self.resubmission_days = resubmission_days
         self._directory = Cache()
         self._writer: WriterProcess | InProcessWriter = InProcessWriter() if in_process else WriterProcess()
         self._running = False
@@ -82,7 +84,8 @@ class Pipeline:
 
     async def start(self) -> None:
         await self.db.run(self._directory.current)
-        await self._writer.start(writer_pipe.Start(self.db.url, self.ticket_prefix, self.challenge))
+        await self._writer.start(writer_pipe.Start(self.db.url, self.ticket_prefix, self.challenge,
+                                                   self.resubmission_days))
         self._running = True
         self._answers = asyncio.create_task(self._read_answers(), name="pipeline-answers")
 

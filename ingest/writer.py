@@ -17,17 +17,18 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 
 from sqlalchemy.exc import IntegrityError
 
-from ingest import chain, logs, tickets, writer_pipe
+from ingest import chain, logs, resubmission, tickets, writer_pipe
 from ingest.delivery import Delivery, Outcome
 from ingest.directory import Cache, Directory
 from ingest.parse import ParsedMessage, parse_message
 from ingest.writer_pipe import Answer, Answers, Failed, Job, Ready, Start
 from storage import store
 from storage.database import Database
-from storage.models import Attachment, Message
+from storage.models import Attachment, Message, utcnow
 
 log = logging.getLogger("ticketmail.writer")
 
@@ -70,7 +71,7 @@ class Inbox:
 
 
 class Writer:
-    def __init__(self, url: str, ticket_prefix: str, challenge, *, own_loop: bool = True):
+    def __init__(self, url: str, ticket_prefix: str, challenge, *, own_loop: bool = True, resubmission_days: int = 7):
         """own_loop: nothing else runs on this loop (the writer process), so the blocking SQLite
         driver may run on it; beside other tasks it runs in a thread, or a transaction of theirs on
         the same file would wait for the writer while the writer waited for it."""
@@ -79,6 +80,7 @@ class Writer:
         self.sync_sessions = self.db.sync_sqlite_sessions() if self.db.is_sqlite else None
         self.ticket_prefix = ticket_prefix
         self.challenge = challenge
+        self.resubmission_window = timedelta(days=resubmission_days)
         self._directory = Cache()
 
     @property
@@ -116,47 +118,79 @@ class Writer:
         """The whole group in one savepoint; if anything in it fails, again one message at a time."""
         self._directory.current(session)
         keys = [dedup_key(job.delivery, self.directory) for job in jobs]
+        again = [self._resubmission_key(job) for job in jobs]
         try:
             with session.begin_nested():
                 seen = store.messages_by_key(session, keys)
+                first = self._firsts(session, again)
                 store.prefetch_customers(session, {chain.sender_address(j.parsed, j.delivery.sender) for j in jobs})
-                stored = [self._process(session, job, key, seen) for job, key in zip(jobs, keys)]
+                stored = [self._process(session, job, key, seen, resubmitted, first)
+                          for job, key, resubmitted in zip(jobs, keys, again)]
                 session.flush()
                 store.write_deferred_blobs(session)
             return [outcome(*result) for result in stored]
         except Exception:
             log.info("a message of a group of %d failed; storing them one by one", len(jobs))
             store.forget_customers(session)
-        return [self._process_one(session, job, key) for job, key in zip(jobs, keys)]
+        return [self._process_one(session, job, key, resubmitted) for job, key, resubmitted in zip(jobs, keys, again)]
 
-    def _process_one(self, session, job: Job, key: str) -> Outcome | Exception:
-        session.info.pop("blobs", None)  # of the failed attempt before
-        try:
-            with session.begin_nested():
-                stored = self._process(session, job, key, store.messages_by_key(session, [key]))
-                session.flush()
-                store.write_deferred_blobs(session)
-            return outcome(*stored)
-        except IntegrityError:
-            # Another process committed the same delivery first: answer as it did.
-            existing = store.messages_by_key(session, [key]).get(key)
-            if existing:
-                return outcome(existing, "already delivered", duplicate=True)
-            log.exception("storing message from %s failed", job.delivery.sender)
-            return RuntimeError("integrity error")
-        except Exception as e:
-            log.exception("storing message from %s to %s failed", job.delivery.sender, job.delivery.recipient)
-            return e
+    def _process_one(self, session, job: Job, key: str, resubmitted: str | None) -> Outcome | Exception:
+        for attempt in (1, 2):
+            session.info.pop("blobs", None)  # of the failed attempt before
+            try:
+                with session.begin_nested():
+                    stored = self._process(session, job, key, store.messages_by_key(session, [key]), resubmitted,
+                                           self._firsts(session, [resubmitted]))
+                    session.flush()
+                    store.write_deferred_blobs(session)
+                return outcome(*stored)
+            except IntegrityError:
+                if attempt == 1:  # another process committed the same delivery, or the same message, first:
+                    continue      # once more, to answer as it did
+                log.exception("storing message from %s failed", job.delivery.sender)
+                return RuntimeError("integrity error")
+            except Exception as e:
+                log.exception("storing message from %s to %s failed", job.delivery.sender, job.delivery.recipient)
+                return e
 
-    def _process(self, session, job: Job, key: str, seen: dict[str, Message]) -> tuple[Message, str, bool]:
+    def _resubmission_key(self, job: Job) -> str | None:
+        if not self.resubmission_window:
+            return None
+        dept = self.directory.department(job.delivery.department) or self.directory.department_for(job.delivery.recipient)
+        message_id = store.clean(job.parsed.message_id)[:998] if job.parsed.message_id else None
+        return resubmission.key(job.delivery.raw, message_id, dept.id if dept else None)
+
+    def _firsts(self, session, keys: list[str | None]) -> dict[str, Message]:
+        """The stored messages that the messages of these resubmission keys would repeat, in the window."""
+        keys = [key for key in keys if key]
+        return store.messages_by_resubmission_key(session, keys, utcnow() - self.resubmission_window) if keys else {}
+
+    @staticmethod
+    def _again(session, copy: Message, first: Message) -> None:
+        """Keep `copy` (its bytes, not a ticket of its own) and record on both that it is `first` again."""
+        copy.status, copy.department_id, copy.attachments = "resubmitted", first.department_id, []
+        if first.id is None:  # the first is of this same group
+            session.flush()
+        store.add_event(session, copy, "resubmitted", f"the same message as message {first.id}")
+        store.add_event(session, first, "resubmitted", f"same message again, via {copy.source} from "
+                        f"{copy.envelope_sender or '<>'} to {copy.envelope_recipient}")
+
+    def _process(self, session, job: Job, key: str, seen: dict[str, Message], resubmitted: str | None,
+                 first: dict[str, Message]) -> tuple[Message, str, bool]:
         """Record, decide and act on one delivery; returns the stored message, the reason, and
-        whether it had been stored before."""
+        whether it had been stored before (the same delivery, or the same message resubmitted)."""
         if key in seen:
             return seen[key], "already delivered", True
         d, parsed = job.delivery, job.parsed
         message = seen[key] = record(d, parsed, key)
         session.add(message)
+        if resubmitted in first:
+            self._again(session, message, first[resubmitted])
         store.defer_large_blob(session, message, "raw", d.raw)
+        if resubmitted in first:
+            return first[resubmitted], "same message again", True
+        if resubmitted:
+            message.resubmission_key, first[resubmitted] = resubmitted, message
         for attachment in message.attachments:
             store.defer_large_blob(session, attachment, "content", attachment.content)
         ctx = chain.Context(
@@ -248,7 +282,8 @@ class InProcessWriter:
         self._task: asyncio.Task | None = None
 
     async def start(self, settings: Start) -> None:
-        self._writer = Writer(settings.url, settings.ticket_prefix, settings.challenge, own_loop=False)
+        self._writer = Writer(settings.url, settings.ticket_prefix, settings.challenge, own_loop=False,
+                              resubmission_days=settings.resubmission_days)
         self._task = asyncio.create_task(self._commit_groups(), name="in-process-writer")
 
     async def _commit_groups(self) -> None:
@@ -288,7 +323,7 @@ async def serve() -> None:
     receiver = writer_pipe.Receiver(reader)
     start: Start = await receiver.read()
     try:
-        writer = Writer(start.url, start.ticket_prefix, start.challenge)
+        writer = Writer(start.url, start.ticket_prefix, start.challenge, resubmission_days=start.resubmission_days)
     except Exception as e:
         writer_pipe.write(out, Failed(f"{type(e).__name__}: {e}"))
         return

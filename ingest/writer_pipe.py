@@ -33,6 +33,7 @@ class Start:
     url: str
     ticket_prefix: str
     challenge: ChallengeSettings | None
+    resubmission_days: int = 7  # ingest/resubmission.py; 0: off
 
 
 @dataclass(frozen=True)

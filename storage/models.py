@@ -115,9 +115,12 @@ class Message(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     # The idempotency key: the same delivery arriving twice maps to the same key.
     dedup_key: Mapped[str] = mapped_column(String(200), unique=True)
+    # The same message submitted again (same Message-ID, department and body; other Received headers):
+    # ingest/resubmission.py. Cleared once the window is over, so a later one is a message of its own.
+    resubmission_key: Mapped[str | None] = mapped_column(String(64), index=True, unique=True)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
     department_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"))
-    # ticket | followup | auto_reply | held | deleted | rejected | ignored | released | purged
+    # ticket | followup | auto_reply | held | deleted | rejected | ignored | released | purged | resubmitted
     status: Mapped[str] = mapped_column(String(20), index=True)
     message_id: Mapped[str | None] = mapped_column(String(998), index=True)
     from_addr: Mapped[str] = mapped_column(String(320), default="", index=True)

@@ -75,6 +75,18 @@ def messages_by_key(session, dedup_keys: list[str]) -> dict[str, Message]:
     return {m.dedup_key: m for m in rows}
 
 
+def messages_by_resubmission_key(session, keys: list[str], since: datetime) -> dict[str, Message]:
+    """Messages that hold one of `keys`; a key older than `since` is cleared (its window is over)."""
+    found = {}
+    for m in session.scalars(select(Message).where(Message.resubmission_key.in_(keys))):
+        if m.received_at >= since:
+            found[m.resubmission_key] = m
+        else:
+            m.resubmission_key = None
+    session.flush()
+    return found
+
+
 def ticket_by_message_ids(session, message_ids: list[str]) -> Ticket | None:
     """The ticket of the most recent message whose Message-ID is among `message_ids`."""
     if not message_ids:

@@ -69,6 +69,7 @@ class Bridge:
 class Config:
     database_url: str = "sqlite+aiosqlite:///var/ticketmail.db"
     ticket_prefix: str = "Ticket"
+    resubmission_days: int = 7  # the same Message-ID and body again within this many days: one message; 0 = off
     lmtp: LMTP = field(default_factory=LMTP)
     web: Web = field(default_factory=Web)
     smtp: SMTP = field(default_factory=SMTP)
@@ -131,6 +132,8 @@ def load(path: str | None = None, env: dict | None = None) -> Config:
     _apply(config, data, "", env)
     if config.smtp.security not in ("none", "starttls", "tls"):
         raise ConfigError(f"smtp.security: expected none, starttls or tls, got {config.smtp.security!r}")
+    if config.resubmission_days < 0:
+        raise ConfigError(f"resubmission_days: expected 0 or more, got {config.resubmission_days}")
     lmtp = config.lmtp
     for key in ("max_message_bytes", "max_sessions", "idle_seconds"):
         if getattr(lmtp, key) < 1:

@@ -47,7 +47,8 @@ async def serve(config: Config) -> int:
         await run(_running(OutboxSender(db, config.smtp)))  # challenge mail, sent after the pipeline's commit
         await run(_running(Sweeper(db, held_days=config.challenge.held_days, ticket_prefix=config.ticket_prefix,
                                    keep_for_review=config.challenge.keep_for_review, challenge=settings)))
-        pipeline = await run(_running(Pipeline(db, config.ticket_prefix, settings)))
+        pipeline = await run(_running(Pipeline(db, config.ticket_prefix, settings,
+                                                           resubmission_days=config.resubmission_days)))
         await run(_running(bridge, pipeline))  # IMAP accounts: one sync loop each
         await run(_web_app(db, config))
         lmtp = await run(_lmtp(pipeline, config))

@@ -1,0 +1,104 @@
+"""Resubmissions: the same message (same Message-ID, department and body) again, with other Received
+headers, is one message: 250, an event on the first, no second ticket."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from ingest.delivery import Delivery
+from ingest.pipeline import Pipeline
+from storage.database import Database
+from storage.models import Event, Message, utcnow
+from tests.conftest import deliver
+from tests.mail import message
+from tests.test_pipeline import ALICE, SALES, SUPPORT, as_json, helpdesk
+
+HELP = "help@xyzhosting.com"  # a second address of Support
+
+
+def relayed(raw: bytes, hop: str) -> bytes:
+    """`raw` as it arrives after one more relay: a Received header of its own on top."""
+    return f"Received: from {hop} by mx.xyzhosting.com; Sat, 28 Nov 2026 10:0{len(hop) % 10}:00 +0000\r\n".encode() + raw
+
+
+async def events(db, kind: str) -> list[tuple[int, str]]:
+    async with db.session() as s:
+        rows = await s.execute(select(Event.message_id, Event.detail).where(Event.kind == kind).order_by(Event.id))
+    return [tuple(r) for r in rows]
+
+
+async def test_the_same_message_submitted_twice_is_one_ticket(cli, db, lmtp):
+    await helpdesk(cli)
+    raw = message(frm=ALICE, subject="Printer", Message_ID="<once@customer.example>")
+    [(code, first)] = await deliver(lmtp.port, ALICE, SUPPORT, relayed(raw, "client.customer.example"))
+    [(code2, again)] = await deliver(lmtp.port, ALICE, SUPPORT, relayed(raw, "retry.customer.example"))
+    assert (code, code2) == (250, 250) and b"ticket #1" in first and b"ticket #1" in again
+    assert len(await as_json(cli, "tickets", "list")) == 1
+    async with db.session() as s:
+        first, copy = await s.scalars(select(Message).order_by(Message.id))
+    # The second is kept byte-exact, for what it is: not a ticket of its own.
+    assert (copy.raw, copy.status, copy.ticket_id) == (relayed(raw, "retry.customer.example"), "resubmitted", None)
+    assert await events(db, "resubmitted") == [
+        (copy.id, f"the same message as message {first.id}"),
+        (first.id, f"same message again, via lmtp from {ALICE} to {SUPPORT}")]
+
+
+async def test_one_mail_to_two_addresses_of_one_department_is_one_ticket(cli, lmtp):
+    code, _, err = await cli("department", "add", "Support", "--address", SUPPORT, "--address", HELP,
+                             "--unknown-sender", "accept")
+    assert code == 0, err
+    raw = message(frm=ALICE, subject="Two of you", Message_ID="<two@customer.example>")
+    await deliver(lmtp.port, ALICE, SUPPORT, relayed(raw, "a.example"))
+    [(code, reply)] = await deliver(lmtp.port, ALICE, HELP, relayed(raw, "b.example"))
+    assert code == 250 and b"ticket #1" in reply
+    assert len(await as_json(cli, "tickets", "list")) == 1
+
+
+async def test_other_departments_and_other_bodies_stay_apart(cli, lmtp):
+    await helpdesk(cli)
+    raw = message(frm=ALICE, subject="Both", Message_ID="<shared@customer.example>")
+    await deliver(lmtp.port, ALICE, SUPPORT, relayed(raw, "a.example"))
+    await deliver(lmtp.port, ALICE, SALES, relayed(raw, "b.example"))  # another department: its own ticket
+    reused = message(frm=ALICE, subject="Both", body="A different question.\n", Message_ID="<shared@customer.example>")
+    await deliver(lmtp.port, ALICE, SUPPORT, relayed(reused, "c.example"))  # a broken mailer's reused id
+    tickets = await as_json(cli, "tickets", "list")
+    assert sorted(t["department"] for t in tickets) == ["Sales", "Support", "Support"]
+
+
+async def test_after_the_window_it_is_a_message_of_its_own(cli, db, lmtp):
+    await helpdesk(cli)
+    raw = message(frm=ALICE, subject="Monthly", Message_ID="<monthly@customer.example>")
+    await deliver(lmtp.port, ALICE, SUPPORT, relayed(raw, "a.example"))
+    async with db.session() as s:
+        await s.execute(update(Message).values(received_at=utcnow() - timedelta(days=8)))
+        await s.commit()
+    [(code, reply)] = await deliver(lmtp.port, ALICE, SUPPORT, relayed(raw, "b.example"))
+    assert code == 250 and b"#" in reply
+    assert await events(db, "resubmitted") == []
+    async with db.session() as s:
+        stored = list(await s.scalars(select(Message).order_by(Message.id)))
+    assert [m.status for m in stored] == ["ticket", "ticket"]
+    assert stored[0].resubmission_key is None and stored[1].resubmission_key  # the window starts again
+
+
+async def test_a_resubmission_racing_in_two_processes_is_stored_once(cli, db):
+    await helpdesk(cli)
+    other = Database(db.url)
+    first, second = Pipeline(db), Pipeline(other)
+    await first.start()
+    await second.start()
+    try:
+        raws = [message(frm=ALICE, subject=f"race {n}", Message_ID=f"<race-{n}@customer.example>") for n in range(20)]
+        outcomes = await asyncio.gather(*(
+            p.deliver(Delivery(relayed(raw, hop), ALICE, SUPPORT))
+            for raw in raws for p, hop in ((first, "a.example"), (second, "bb.example"))))
+    finally:
+        await first.stop()
+        await second.stop()
+        await other.dispose()
+    assert [a.ticket == b.ticket for a, b in zip(outcomes[::2], outcomes[1::2])] == [True] * 20
+    assert sum(o.duplicate for o in outcomes) == 20
+    assert len(await as_json(cli, "tickets", "list")) == 20
