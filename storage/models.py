@@ -131,7 +131,6 @@ class Message(Base):
     date: Mapped[datetime | None] = mapped_column(UTCDateTime)
     text: Mapped[str] = mapped_column(Text, default="")
     html: Mapped[str] = mapped_column(Text, default="")
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(Integer)
     source: Mapped[str] = mapped_column(String(200))  # lmtp | imap:NAME
@@ -142,6 +141,8 @@ class Message(Base):
     # A held message's rules verdict (ingest.rules.Verdict as a dict), so that its release acts on it
     # as the delivery would have.
     verdict: Mapped[dict | None] = mapped_column(JSON)
+    # Last: SQLite keeps a zeroblob() out of memory only in a row's last column (migration 0007).
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
     ticket: Mapped[Ticket | None] = relationship(lazy="raise")
     attachments: Mapped[list[Attachment]] = relationship(
         lazy="raise", cascade="all, delete-orphan", order_by="Attachment.id"
@@ -159,9 +160,9 @@ class Attachment(Base):
     content_type: Mapped[str] = mapped_column(String(200), default="application/octet-stream")
     size: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
-    content: Mapped[bytes] = mapped_column(LargeBinary)
     content_id: Mapped[str | None] = mapped_column(String(998))
     inline: Mapped[bool] = mapped_column(Boolean, default=False)
+    content: Mapped[bytes] = mapped_column(LargeBinary)  # last, as raw in Message
 
 
 class Event(Base):
