@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -202,28 +202,39 @@ def touch(ticket: Ticket) -> None:
     ticket.updated_at = utcnow()
 
 
-# Large blobs on SQLite: a bound parameter is copied by the sqlite3 module and again into the row
-# SQLite builds (2.6x a 24 MiB message with its attachment, at commit); a zeroblob filled a piece at a
-# time costs 1.9x. (Only because `raw` and `content` are not their tables' last columns does SQLite
-# build the zeroes in memory at all.)
+# Large blobs. As a bound parameter a 24 MiB message is copied by the driver (sqlite3 once more into
+# the row SQLite builds; asyncpg into a buffer grown by doubling): storing it took 2-2.9x its size.
+# Instead the row is inserted with a placeholder and the blob written after the flush a piece at a
+# time: on SQLite a zeroblob() filled through the blob API (kept out of memory because raw and
+# content are their rows' last columns, migration 0007), on PostgreSQL appended with `||`.
 LARGE_BLOB = 1 << 20
 _BLOB_PIECE = 1 << 20
+_APPEND_PIECE = 4 << 20  # PostgreSQL rewrites the value on each append: fewer, larger pieces
 
 
 def defer_large_blob(session, obj, column: str, data: bytes) -> None:
-    """On SQLite, insert a large `obj.column` as zeroes and fill it after the flush (`write_deferred_blobs`)."""
-    if len(data) < LARGE_BLOB or session.get_bind().dialect.name != "sqlite":
+    """Insert a large `obj.column` as a placeholder and fill it after the flush (`write_deferred_blobs`)."""
+    if len(data) < LARGE_BLOB:
         return
-    setattr(obj, column, func.zeroblob(len(data)))
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    setattr(obj, column, func.zeroblob(len(data)) if sqlite else b"")
     session.info.setdefault("blobs", []).append((obj, column, data))
 
 
 def write_deferred_blobs(session) -> None:
-    """Fill the blobs `defer_large_blob` left as zeroes, now that their rows exist."""
-    sqlite = session.connection().connection.driver_connection
-    for obj, column, data in session.info.pop("blobs", []):
+    """Fill the blobs `defer_large_blob` left as placeholders, now that their rows exist."""
+    blobs = session.info.pop("blobs", [])
+    if not blobs:
+        return
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    for obj, column, data in blobs:
         view = memoryview(data)
-        with sqlite.blobopen(obj.__tablename__, column, obj.id) as blob:
-            for at in range(0, len(view), _BLOB_PIECE):
-                blob.write(view[at : at + _BLOB_PIECE])
+        if sqlite:
+            with session.connection().connection.driver_connection.blobopen(obj.__tablename__, column, obj.id) as blob:
+                for at in range(0, len(view), _BLOB_PIECE):
+                    blob.write(view[at : at + _BLOB_PIECE])
+        else:
+            append = text(f"UPDATE {obj.__tablename__} SET {column} = {column} || :piece WHERE id = :id")
+            for at in range(0, len(view), _APPEND_PIECE):
+                session.execute(append, {"piece": bytes(view[at : at + _APPEND_PIECE]), "id": obj.id})
         set_committed_value(obj, column, data)
