@@ -10,13 +10,22 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
-from storage.files import create_sqlite_file
+from storage.files import create_sqlite_file, sqlite_path
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class SchemaOutdated(RuntimeError):
     pass
+
+
+def describe(url: str) -> str:
+    """The database for a message to the operator: a SQLite file as an absolute path, else the URL
+    without its password."""
+    path = sqlite_path(url)
+    if path is not None:
+        return str(path.resolve())
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -83,8 +92,8 @@ class Database:
         current, head = await self.current_revision(), head_revision()
         if current != head:
             raise SchemaOutdated(
-                f"database schema is at {current or 'nothing'}, this ticketmail needs {head}: "
-                "run `ticketmail db upgrade` (or `serve --upgrade`)"
+                f"database {describe(self.url)}: schema is at {current or 'nothing'}, this ticketmail needs "
+                f"{head}: run `ticketmail db upgrade` (or `serve --upgrade`)"
             )
 
 
@@ -103,13 +112,18 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(_alembic_config("")).get_current_head()
 
 
-def upgrade(url: str) -> None:
-    """Migrate the schema to head (synchronous; runs its own event loop)."""
+def upgrade(url: str) -> tuple[str | None, str]:
+    """Migrate the schema to head (synchronous; runs its own event loop); the revisions before (None:
+    a new database) and after."""
     from alembic import command
 
     create_sqlite_file(url)
-    command.upgrade(_alembic_config(url), "head")
+    config = _alembic_config(url)
+    before: list[str | None] = []
+    config.attributes["on_revision"] = before.append  # storage/migrations/env.py reports it
+    command.upgrade(config, "head")
+    return (before[0] if before else None), head_revision()
 
 
-async def upgrade_async(url: str) -> None:
-    await asyncio.to_thread(upgrade, url)
+async def upgrade_async(url: str) -> tuple[str | None, str]:
+    return await asyncio.to_thread(upgrade, url)

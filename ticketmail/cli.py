@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from bridge.accounts import BridgeKeyError
-from storage.database import Database, SchemaOutdated, upgrade_async
+from storage.database import Database, SchemaOutdated, describe, upgrade_async
+from storage.files import sqlite_path
 from ticketmail import commands, imap_commands
 from ticketmail import config as configuration
 from ticketmail.admin.departments import UNKNOWN_SENDER
@@ -133,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         config = configuration.load(args.config)
-        return asyncio.run(run(args, config)) or 0
+        status = asyncio.run(run(args, config)) or 0
+        sys.stdout.flush()  # here, where a closed pipe can still be answered quietly
+        return status
     except (UsageError, configuration.ConfigError) as e:
         fail(str(e))
         return 2
@@ -142,12 +147,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # as Unix tools do: quietly, with the status of SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 128 + signal.SIGPIPE
 
 
 async def run(args, config) -> int | None:
+    where = describe(config.database_url)
     if args.command == "db":
-        await _guard(upgrade_async(config.database_url))
-        print("database schema is up to date")
+        before, head = await _guard(upgrade_async(config.database_url))
+        if before is None:
+            print(f"database {where}: schema {head} created")
+        elif before != head:
+            print(f"database {where}: upgraded from schema {before} to {head}")
+        else:
+            print(f"database {where}: schema {head}, already up to date")
         return 0
     if args.command == "serve":
         from ticketmail.serve import serve  # the LMTP server, the web app and the bridge: only to serve
@@ -156,6 +170,9 @@ async def run(args, config) -> int | None:
             await _guard(upgrade_async(config.database_url))
         return await _guard(serve(config))
 
+    path = sqlite_path(config.database_url)
+    if path is not None and not path.exists():  # a command never creates the database: `db upgrade` does
+        raise AdminError(f"database {where} does not exist: run `ticketmail db upgrade` first")
     db = Database(config.database_url)
     try:
         await _guard(db.check_schema())
@@ -168,6 +185,8 @@ async def _guard(coro):
     """Turn expected failures (an old schema, a missing key, an unreachable database) into one-line errors."""
     try:
         return await coro
+    except BrokenPipeError:
+        raise  # the reader of our output went away (`| head`): main ends quietly
     except (SchemaOutdated, BridgeKeyError) as e:
         raise AdminError(str(e)) from None
     except (OperationalError, DBAPIError, OSError) as e:

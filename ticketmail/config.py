@@ -116,6 +116,23 @@ def _apply(obj, data: dict, prefix: str, env: dict) -> None:
             setattr(obj, f.name, _coerce(env_name, env[env_name], current))
 
 
+DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+
+
+def _check_database_url(url: str) -> None:
+    """One line naming the key for a URL SQLAlchemy cannot use, instead of its traceback."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        driver = make_url(url).drivername
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"database_url: not a database URL: {url!r}; expected sqlite+aiosqlite:///PATH "
+                          "or postgresql+asyncpg://USER@HOST/NAME") from None
+    if driver not in DRIVERS:
+        raise ConfigError(f"database_url: driver {driver!r} is not supported; expected one of {', '.join(DRIVERS)}")
+
+
 def load(path: str | None = None, env: dict | None = None) -> Config:
     """Load the config file (or TICKETMAIL_CONFIG, or none) and apply environment overrides."""
     env = dict(os.environ if env is None else env)
@@ -132,6 +149,7 @@ def load(path: str | None = None, env: dict | None = None) -> Config:
     _apply(config, data, "", env)
     if config.smtp.security not in ("none", "starttls", "tls"):
         raise ConfigError(f"smtp.security: expected none, starttls or tls, got {config.smtp.security!r}")
+    _check_database_url(config.database_url)
     if config.resubmission_days < 0:
         raise ConfigError(f"resubmission_days: expected 0 or more, got {config.resubmission_days}")
     lmtp = config.lmtp

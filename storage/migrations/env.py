@@ -16,6 +16,8 @@ def run(connection):
         target_metadata=Base.metadata,
         render_as_batch=connection.dialect.name == "sqlite",
     )
+    if on_revision := config.attributes.get("on_revision"):  # storage.database.upgrade: what it was before
+        on_revision(context.get_context().get_current_revision())
     with context.begin_transaction():
         context.run_migrations()
 
