@@ -7,7 +7,8 @@ import os
 import shutil
 import smtplib
 import uuid
-from contextlib import closing
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, closing
 
 import pytest
 
@@ -75,7 +76,7 @@ def _truncate_pg(url: str) -> None:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path) -> str:
-    """An empty, migrated database of each kind."""
+    """An empty, migrated database of each kind (of one kind under `one_database`)."""
     if request.param == "sqlite":
         path = tmp_path / "ticketmail.db"
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
@@ -83,6 +84,11 @@ def db_url(request, tmp_path) -> str:
     url = request.getfixturevalue("pg_database")
     _truncate_pg(url)
     return url
+
+
+# For tests the database plays no part in (HTTP headers, command line parsing and warnings, terminal
+# escaping, protocol replies): they need a database to run, not both kinds of it.
+one_database = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture
@@ -127,13 +133,29 @@ async def writer_process_pipeline(db):
     await p.stop()
 
 
+@asynccontextmanager
+async def listening(pipeline: Pipeline, **limits) -> AsyncIterator[LMTPListener]:
+    """The real LMTP listener on a free loopback port, delivering through `pipeline`."""
+    listener = LMTPListener(pipeline, host="127.0.0.1", port=0, limits=Limits(**limits))
+    await listener.start()
+    try:
+        yield listener
+    finally:
+        await listener.stop(grace=5)
+
+
 @pytest.fixture
 async def lmtp(pipeline):
-    """The real LMTP listener on a free loopback port (a module may override `pipeline`)."""
-    listener = LMTPListener(pipeline, host="127.0.0.1", port=0, limits=Limits(max_message_bytes=4_000_000))
-    await listener.start()
-    yield listener
-    await listener.stop(grace=5)
+    """The LMTP listener with the writer on the test's loop: for what the protocol and the pipeline do."""
+    async with listening(pipeline, max_message_bytes=4_000_000) as listener:
+        yield listener
+
+
+@pytest.fixture
+async def writer_process_lmtp(writer_process_pipeline):
+    """The LMTP listener delivering through the writer process, as `serve` runs it."""
+    async with listening(writer_process_pipeline, max_message_bytes=4_000_000) as listener:
+        yield listener
 
 
 def lmtp_send(port: int, sender: str, recipients: list[str], raw: bytes) -> list[tuple[int, bytes]]:

@@ -1,29 +1,28 @@
-"""The real LMTP server over loopback, driven with smtplib.LMTP."""
+"""The real LMTP server over loopback, driven with smtplib.LMTP.
+
+Most tests are about the protocol and what the pipeline decides: the `lmtp` listener runs the writer
+on the test's loop. Three go through the writer process (`writer_process_lmtp`), as `serve` runs it,
+because the process is part of what they claim: a message crosses the pipe byte for byte, a storage
+failure in the process comes back as that recipient's 451, and a shutdown still answers the delivery
+the process is storing. Tests where only the protocol is at stake run on one database."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
-import pytest
 from sqlalchemy import func, select, text
 
 from ingest.lmtp import SHUTTING_DOWN, TEMPFAIL
 from storage.models import Event, Message, Ticket
 from tests import statuscodes as codes
-from tests.conftest import deliver
+from tests.conftest import deliver, one_database
 from tests.lmtp_session import Session, code_of, until
 from tests.mail import message
 
 SUPPORT = "support@xyzhosting.com"
 SALES = "sales@xyzhosting.com"
 ALICE = "alice@customer.example"
-
-
-@pytest.fixture
-def pipeline(writer_process_pipeline):
-    """LMTP end to end: the `lmtp` fixture's listener delivers through the writer process, as in `serve`."""
-    return writer_process_pipeline
 
 
 async def setup_helpdesk(cli, policy="hold"):
@@ -38,10 +37,10 @@ async def tickets(cli) -> list[dict]:
     return json.loads(out)
 
 
-async def test_known_customer_mail_becomes_ticket_stored_byte_exact(cli, db, lmtp):
+async def test_known_customer_mail_becomes_ticket_stored_byte_exact(cli, db, writer_process_lmtp):
     await setup_helpdesk(cli)
     raw = message(subject="Printer on fire")
-    [(code, reply)] = await deliver(lmtp.port, ALICE, SUPPORT, raw)
+    [(code, reply)] = await deliver(writer_process_lmtp.port, ALICE, SUPPORT, raw)
     assert code == codes.OK and b"ticket #1" in reply
 
     [ticket] = await tickets(cli)
@@ -54,6 +53,7 @@ async def test_known_customer_mail_becomes_ticket_stored_byte_exact(cli, db, lmt
     assert stored.raw == raw
 
 
+@one_database
 async def test_unknown_recipient_refused_at_rcpt(cli, lmtp):
     await setup_helpdesk(cli)
     replies = await deliver(lmtp.port, ALICE, ["nobody@xyzhosting.com"], message())
@@ -61,6 +61,7 @@ async def test_unknown_recipient_refused_at_rcpt(cli, lmtp):
     assert await tickets(cli) == []
 
 
+@one_database
 async def test_multi_recipient_one_reply_per_recipient_in_order(cli, lmtp):
     await setup_helpdesk(cli)
     raw = message(to=f"{SUPPORT}, {SALES}")
@@ -87,6 +88,7 @@ async def test_catch_all_address(cli, lmtp):
     assert ticket["department"] == "Billing" and ticket["customer"] == "bob@else.example"
 
 
+@one_database
 async def test_message_over_size_limit_gets_552_per_recipient(cli, lmtp):
     await setup_helpdesk(cli)
     big = message(body="x" * 70) + b"y" * 4_100_000 + b"\r\n"
@@ -130,11 +132,11 @@ async def _repair_storage(db) -> None:
             await s.execute(text("DROP FUNCTION broken"))
 
 
-async def test_storage_failure_answers_451_and_writes_nothing_of_that_delivery(cli, db, lmtp):
+async def test_storage_failure_answers_451_and_writes_nothing_of_that_delivery(cli, db, writer_process_lmtp):
     await setup_helpdesk(cli)
     await _break_storage_for(db, SALES)
     try:
-        await _storage_failure(cli, db, lmtp)
+        await _storage_failure(cli, db, writer_process_lmtp)
     finally:
         await _repair_storage(db)
 
@@ -153,6 +155,7 @@ async def _storage_failure(cli, db, lmtp):
         assert await s.scalar(select(func.count(Event.id)).where(Event.message_id != stored.id)) == 0
 
 
+@one_database
 async def test_reject_policy_answers_550_571(cli, lmtp):
     await cli("department", "add", "Support", "--address", SUPPORT, "--unknown-sender", "reject")
     [(code, reply)] = await deliver(lmtp.port, "eve@else.example", SUPPORT, message(frm="eve@else.example"))
@@ -160,15 +163,16 @@ async def test_reject_policy_answers_550_571(cli, lmtp):
     assert await tickets(cli) == []
 
 
-async def test_shutdown_finishes_delivery_in_progress(cli, db, lmtp):
+@one_database
+async def test_shutdown_finishes_delivery_in_progress(cli, writer_process_lmtp):
     """A message whose end arrives after stop() began still gets its 250, and is a ticket."""
     await setup_helpdesk(cli)
-    s = await Session.open(lmtp.port)
+    s = await Session.open(writer_process_lmtp.port)
     await s.start_data()
     s.writer.write(message())  # the message, not yet its end
-    await until(lambda: lmtp.inflight > 0, "the message's bytes to arrive")
-    stopping = asyncio.create_task(lmtp.stop(grace=10))
-    await until(lambda: lmtp.closing, "the listener to begin its shutdown")
+    await until(lambda: writer_process_lmtp.inflight > 0, "the message's bytes to arrive")
+    stopping = asyncio.create_task(writer_process_lmtp.stop(grace=10))
+    await until(lambda: writer_process_lmtp.closing, "the listener to begin its shutdown")
     assert not stopping.done(), "stop() must wait for the message being sent"
     s.writer.write(b".\r\n")
     assert await s.reply() == f"{codes.OK} {codes.DELIVERED.decode()} <{SUPPORT}> delivered (ticket #1)"
@@ -200,6 +204,7 @@ async def test_empty_message_is_stored_not_lost(cli, db, lmtp):
         assert sorted(m.raw for m in await s.scalars(select(Message))) == [b"\r\n", b"Subject: only a header\r\n"]
 
 
+@one_database
 async def test_raw_session_empty_data_and_pipelined_quit(cli, lmtp):
     """A bare "." right after 354, with QUIT in the same packet: the reader must stop at the dot."""
     await setup_helpdesk(cli, policy="hold")

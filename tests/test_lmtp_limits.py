@@ -1,5 +1,10 @@
 """The LMTP listener under stress: shutdown under load, session cap, command line limit, idle
-sessions, the in-flight budget. Real listener, real writer process, smtplib or raw sockets."""
+sessions, the in-flight budget. Real listener, smtplib or raw sockets.
+
+These are limits of the protocol side, so the writer runs on the test's loop (`listen`) and they run
+on one database; the shutdown under load goes through the writer process (`listen_through_writer_process`),
+as `serve` runs it, on both databases: twenty sessions' messages share its pipe while it stops, and
+every message answered 250 must be stored once."""
 
 from __future__ import annotations
 
@@ -7,34 +12,39 @@ import asyncio
 import smtplib
 import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 from sqlalchemy import func, select
 
-from ingest.lmtp import BUSY, IDLE, LINE_TOO_LONG, SHUTTING_DOWN, TOO_MANY, Limits, LMTPListener
+from ingest.lmtp import BUSY, IDLE, LINE_TOO_LONG, SHUTTING_DOWN, TOO_MANY, LMTPListener
 from storage.models import Message
 from tests import statuscodes as codes
-from tests.conftest import deliver
+from tests.conftest import deliver, listening, one_database
 from tests.lmtp_session import ALICE, SUPPORT, Session, code_of, until
 from tests.mail import message
 
 
-@pytest.fixture
-async def listen(writer_process_pipeline, cli):
-    """Start a listener with the given limits (the helpdesk has Support and the customer Alice)."""
+@asynccontextmanager
+async def listeners(pipeline, cli) -> AsyncIterator[Callable[..., Awaitable[LMTPListener]]]:
+    """Start listeners with the given limits (the helpdesk has Support and the customer Alice)."""
     assert (await cli("department", "add", "Support", "--address", SUPPORT, "--unknown-sender", "hold"))[0] == 0
     assert (await cli("customer", "add", ALICE))[0] == 0
-    started = []
+    async with AsyncExitStack() as started:
+        yield lambda **limits: started.enter_async_context(listening(pipeline, **limits))
 
-    async def start(**limits) -> LMTPListener:
-        listener = LMTPListener(writer_process_pipeline, host="127.0.0.1", port=0, limits=Limits(**limits))
-        await listener.start()
-        started.append(listener)
-        return listener
 
-    yield start
-    for listener in started:
-        await listener.stop(grace=5)
+@pytest.fixture
+async def listen(pipeline, cli):
+    async with listeners(pipeline, cli) as start:
+        yield start
+
+
+@pytest.fixture
+async def listen_through_writer_process(writer_process_pipeline, cli):
+    async with listeners(writer_process_pipeline, cli) as start:
+        yield start
 
 
 async def stored_count(db) -> int:
@@ -78,9 +88,9 @@ def _send_until_refused(port: int, count: int, results: list, size: int) -> None
         client.close()
 
 
-async def test_shutdown_under_load_answers_every_message_it_has_read(listen, db):
+async def test_shutdown_under_load_answers_every_message_it_has_read(listen_through_writer_process, db):
     """Regression: on SIGTERM, sessions that had just sent their whole message were closed unanswered."""
-    lmtp = await listen()
+    lmtp = await listen_through_writer_process()
     results: list = []
     clients = [threading.Thread(target=_send_until_refused, args=(lmtp.port, 30, results, 150_000))
                for _ in range(20)]
@@ -101,6 +111,7 @@ async def test_shutdown_under_load_answers_every_message_it_has_read(listen, db)
     assert stored == sorted(raw for _, _, raw in replied)
 
 
+@one_database
 async def test_a_session_between_messages_gets_421_at_shutdown(listen):
     lmtp = await listen()
     idle, sending = await Session.open(lmtp.port), await Session.open(lmtp.port)
@@ -118,6 +129,7 @@ async def test_a_session_between_messages_gets_421_at_shutdown(listen):
     await stopping
 
 
+@one_database
 async def test_connections_beyond_max_sessions_get_421_at_the_greeting(listen):
     lmtp = await listen(max_sessions=2)
     first, second = await Session.open(lmtp.port), await Session.open(lmtp.port)
@@ -134,6 +146,7 @@ async def test_connections_beyond_max_sessions_get_421_at_the_greeting(listen):
         s.close()
 
 
+@one_database
 async def test_long_command_line_gets_500_552_and_is_not_kept_in_memory(listen):
     lmtp = await listen()
     s = await Session.open(lmtp.port)
@@ -151,6 +164,7 @@ async def test_long_command_line_gets_500_552_and_is_not_kept_in_memory(listen):
     s.close()
 
 
+@one_database
 async def test_noop_does_not_keep_an_idle_session_open(listen):
     """Regression: a client sending NOOPs (even a byte at a time) was never timed out."""
     lmtp = await listen(idle_seconds=1)
@@ -171,6 +185,7 @@ async def test_noop_does_not_keep_an_idle_session_open(listen):
     assert await s.closed()
 
 
+@one_database
 async def test_a_delivery_restarts_the_idle_clock(listen):
     lmtp = await listen(idle_seconds=1)
     s = await Session.open(lmtp.port)
@@ -183,6 +198,7 @@ async def test_a_delivery_restarts_the_idle_clock(listen):
     assert await s.reply() == IDLE
 
 
+@one_database
 async def test_over_the_inflight_budget_data_gets_452_per_recipient_and_later_succeeds(listen, cli, db):
     lmtp = await listen(max_message_bytes=1_000_000, max_inflight_bytes=1_500_000)
     assert (await cli("department", "add", "Sales", "--address", "sales@xyzhosting.com"))[0] == 0
@@ -212,6 +228,7 @@ async def test_over_the_inflight_budget_data_gets_452_per_recipient_and_later_su
         session.close()
 
 
+@one_database
 async def test_a_client_gone_in_the_middle_of_data_gives_its_budget_back(listen, db):
     """Its bytes were charged as they came; a client that vanishes must not keep them charged (or the
     budget would run out, one broken connection at a time, and every message would get 452)."""
