@@ -8,6 +8,7 @@ message it has read before closing."""
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 import logging
 
@@ -18,6 +19,7 @@ from aiosmtpd.smtp import syntax
 from ingest.delivery import Delivery, Outcome
 from ingest.parse import parse_message
 from ingest.pipeline import Pipeline
+from ingest.unix_socket import UnixSocket
 
 log = logging.getLogger(__name__)
 
@@ -241,10 +243,12 @@ class Handler:
 class LMTPListener:
     """Serves LMTP on host:port or a unix socket, on the running event loop."""
 
-    def __init__(self, pipeline: Pipeline, *, host="127.0.0.1", port=8024, socket="", hostname="",
-                 limits: Limits = Limits()):
+    def __init__(self, pipeline: Pipeline, *, host="127.0.0.1", port=8024, socket="", socket_mode=0o660,
+                 socket_gid: int | None = None, hostname="", limits: Limits = Limits()):
         self.handler = Handler(pipeline)
         self.host, self.port, self.socket = host, port, socket
+        self.socket_mode, self.socket_gid = socket_mode, socket_gid  # None: this process's group
+        self._unix: UnixSocket | None = None
         self.hostname = hostname or None  # aiosmtpd: None is this host's name
         self.limits = limits
         self.sessions: set[_Server] = set()
@@ -280,7 +284,9 @@ class LMTPListener:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.socket:
-            self._server = await loop.create_unix_server(self._protocol, path=self.socket)
+            gid = os.getgid() if self.socket_gid is None else self.socket_gid
+            self._unix = UnixSocket(self.socket, self.socket_mode, gid)
+            self._server = await loop.create_unix_server(self._protocol, sock=self._unix.sock)
         else:
             self._server = await loop.create_server(self._protocol, host=self.host, port=self.port)
             self.port = self._server.sockets[0].getsockname()[1]
@@ -308,3 +314,5 @@ class LMTPListener:
             session.close_with(SHUTTING_DOWN)
         await self._server.wait_closed()
         self._server = None
+        if self._unix:
+            self._unix.remove()

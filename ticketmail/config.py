@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,6 +18,8 @@ class LMTP:
     host: str = "127.0.0.1"
     port: int = 8024
     socket: str = ""
+    socket_mode: str = "0660"  # the socket's permissions, octal: the MTA's user must be able to connect
+    socket_group: str = ""  # the socket's group, e.g. "postfix"; "" = the process's group
     max_message_bytes: int = 26214400
     max_sessions: int = 100  # connections at once; beyond it 421 at the greeting
     idle_seconds: int = 300  # a session that delivers nothing for this long is closed (NOOPs don't count)
@@ -153,6 +156,8 @@ def load(path: str | None = None, env: dict | None = None) -> Config:
     if config.resubmission_days < 0:
         raise ConfigError(f"resubmission_days: expected 0 or more, got {config.resubmission_days}")
     lmtp = config.lmtp
+    if not re.fullmatch(r"0?[0-7]{3}", lmtp.socket_mode):
+        raise ConfigError(f"lmtp.socket_mode: expected octal permissions like \"0660\", got {lmtp.socket_mode!r}")
     for key in ("max_message_bytes", "max_sessions", "idle_seconds"):
         if getattr(lmtp, key) < 1:
             raise ConfigError(f"lmtp.{key}: expected 1 or more, got {getattr(lmtp, key)}")

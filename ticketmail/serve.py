@@ -21,6 +21,7 @@ from ingest.lmtp import Limits, LMTPListener
 from ingest.outbox import OutboxSender
 from ingest.pipeline import Pipeline
 from ingest.sweeper import Sweeper
+from ingest.unix_socket import group_id
 from storage.database import Database
 from storage.files import warn_if_readable
 from ticketmail.config import Config, ConfigError
@@ -88,8 +89,12 @@ async def _lmtp(pipeline: Pipeline, config: Config):
     c = config.lmtp
     limits = Limits(max_message_bytes=c.max_message_bytes, max_sessions=c.max_sessions,
                     idle_seconds=c.idle_seconds, max_inflight_bytes=c.max_inflight_bytes)
-    listener = LMTPListener(pipeline, host=c.host, port=c.port, socket=c.socket, hostname=c.hostname,
-                            limits=limits)
+    try:
+        gid = group_id(c.socket_group)
+    except KeyError:
+        raise ConfigError(f"lmtp.socket_group: there is no group {c.socket_group!r}") from None
+    listener = LMTPListener(pipeline, host=c.host, port=c.port, socket=c.socket, socket_mode=int(c.socket_mode, 8),
+                            socket_gid=gid, hostname=c.hostname, limits=limits)
     with _listening("LMTP", c.socket or f"{c.host}:{c.port}", "[lmtp] socket" if c.socket else "[lmtp] host, port"):
         await listener.start()
     try:
