@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+from importlib.metadata import version
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -32,6 +33,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="ticketmail", description="Email-to-ticket gateway.")
     p.add_argument("--config", help="TOML configuration file (default: $TICKETMAIL_CONFIG)")
+    p.add_argument("--version", action="version", version=f"ticketmail {version('ticketmail')}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     serve = sub.add_parser("serve", help="run LMTP, the web app and the IMAP bridge")
@@ -74,7 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     discard.add_argument("--block", action="store_true", help="delete the sender's future mail on arrival")
     held.add_parser("unblock", help="accept mail from a blocked sender again").add_argument("email")
     _imap_parser(sub)
+    _admin_parser(sub)
     return p
+
+
+def _admin_parser(sub) -> None:
+    admin = sub.add_parser("admin", help="who may sign in to the web panel").add_subparsers(dest="action",
+                                                                                            required=True)
+    admin.add_parser("add", help="add an admin (asks the password twice; or one line on stdin)").add_argument("user")
+    _json(admin.add_parser("list", help="list the admins (never their password hashes)"))
+    admin.add_parser("passwd", help="set an admin's password (ends their sessions)").add_argument("user")
+    admin.add_parser("remove", help="remove an admin (ends their sessions)").add_argument("user")
 
 
 def _imap_parser(sub) -> None:
@@ -129,6 +141,10 @@ COMMANDS = {
     ("imap", "remove"): imap_commands.imap_remove,
     ("imap", "enable"): imap_commands.imap_enable,
     ("imap", "disable"): imap_commands.imap_disable,
+    ("admin", "add"): commands.admin_add,
+    ("admin", "list"): commands.admin_list,
+    ("admin", "passwd"): commands.admin_passwd,
+    ("admin", "remove"): commands.admin_remove,
 }
 
 

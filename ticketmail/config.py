@@ -155,6 +155,14 @@ def load(path: str | None = None, env: dict | None = None) -> Config:
     _check_database_url(config.database_url)
     if config.resubmission_days < 0:
         raise ConfigError(f"resubmission_days: expected 0 or more, got {config.resubmission_days}")
+    for key, port in (("lmtp.port", config.lmtp.port), ("web.port", config.web.port), ("smtp.port", config.smtp.port)):
+        if not 0 <= port <= 65535:  # 0: any free port (tests)
+            raise ConfigError(f"{key}: expected a port from 1 to 65535, got {port}")
+    for key in ("token_days", "held_days"):
+        if getattr(config.challenge, key) < 1:
+            raise ConfigError(f"challenge.{key}: expected 1 or more, got {getattr(config.challenge, key)}")
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", config.web.public_url):
+        raise ConfigError(f"web.public_url: expected an http:// or https:// URL, got {config.web.public_url!r}")
     lmtp = config.lmtp
     if not re.fullmatch(r"0?[0-7]{3}", lmtp.socket_mode):
         raise ConfigError(f"lmtp.socket_mode: expected octal permissions like \"0660\", got {lmtp.socket_mode!r}")

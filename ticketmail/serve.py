@@ -126,10 +126,17 @@ def _listening(what: str, where: str, setting: str):
 
 
 def _signalled() -> asyncio.Event:
-    """An event set by SIGTERM or SIGINT."""
+    """An event set by SIGTERM, SIGINT or SIGHUP (a closed terminal, or a reload ticketmail does not
+    need: rules are re-read as they change): each stops serve the same orderly way, saying which."""
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+
+    def stopping(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            log.info("%s: stopping", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        asyncio.get_running_loop().add_signal_handler(sig, stopping, sig)
     return stop
 
 
