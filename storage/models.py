@@ -315,3 +315,19 @@ class ImapLease(Base):
     account_id: Mapped[int] = mapped_column(ForeignKey("imap_accounts.id", ondelete="CASCADE"), primary_key=True)
     holder: Mapped[str] = mapped_column(String(200))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# --- The admin panel (issue 10): who may sign in ---
+
+
+class AdminUser(Base):
+    """Someone who may sign in to the web panel; the password is kept as an argon2 hash only."""
+
+    __tablename__ = "admin_users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)  # lowercased
+    password_hash: Mapped[str] = mapped_column(String(200))
+    # Each session carries the epoch it began in; bumping it (new password, sign out) ends them all.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -76,7 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     discard.add_argument("--block", action="store_true", help="delete the sender's future mail on arrival")
     held.add_parser("unblock", help="accept mail from a blocked sender again").add_argument("email")
     _imap_parser(sub)
+    _admin_parser(sub)
     return p
+
+
+def _admin_parser(sub) -> None:
+    admin = sub.add_parser("admin", help="who may sign in to the web panel").add_subparsers(dest="action",
+                                                                                            required=True)
+    admin.add_parser("add", help="add an admin (asks the password twice; or one line on stdin)").add_argument("user")
+    _json(admin.add_parser("list", help="list the admins (never their password hashes)"))
+    admin.add_parser("passwd", help="set an admin's password (ends their sessions)").add_argument("user")
+    admin.add_parser("remove", help="remove an admin (ends their sessions)").add_argument("user")
 
 
 def _imap_parser(sub) -> None:
@@ -131,6 +141,10 @@ COMMANDS = {
     ("imap", "remove"): imap_commands.imap_remove,
     ("imap", "enable"): imap_commands.imap_enable,
     ("imap", "disable"): imap_commands.imap_disable,
+    ("admin", "add"): commands.admin_add,
+    ("admin", "list"): commands.admin_list,
+    ("admin", "passwd"): commands.admin_passwd,
+    ("admin", "remove"): commands.admin_remove,
 }
 
 

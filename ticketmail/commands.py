@@ -3,8 +3,13 @@ result, as text or with --json as one JSON document. Each is `async (db, config,
 
 from __future__ import annotations
 
+import getpass
+import sys
+
+from bridge.accounts import Secret
 from ingest.rules import rule_to_data
-from ticketmail.admin import customers, departments, held, rules, tickets
+from ticketmail.admin import admins, customers, departments, held, rules, tickets
+from ticketmail.admin.errors import AdminError
 from ticketmail.terminal import emit, iso, one_line, say
 
 
@@ -124,3 +129,38 @@ async def held_purge(db, config, args):
     days = config.challenge.held_days if args.days is None else args.days
     count = await held.purge(db, days)
     say(f"{count} messages purged (held or deleted more than {days} days ago)")
+
+
+def _admin_password(name: str) -> Secret:
+    """Asked twice without echo on a terminal; otherwise the first line of stdin (scripts, tests)."""
+    try:
+        if not sys.stdin.isatty():
+            return Secret(sys.stdin.readline().rstrip("\r\n"))
+        password = getpass.getpass(f"Password for admin {name}: ")
+        if getpass.getpass("Repeat the password: ") != password:
+            raise AdminError("the two passwords do not match; nothing saved")
+        return Secret(password)
+    except EOFError:
+        raise AdminError("no password given") from None
+
+
+async def admin_add(db, config, args):
+    user = await admins.add(db, args.user, _admin_password(args.user))
+    say(f"admin {user.name} added; sign in at {config.web.public_url.rstrip('/')}/admin/")
+
+
+async def admin_list(db, config, args):
+    data = [{"name": u.name, "created_at": iso(u.created_at), "password_changed_at": iso(u.password_changed_at)}
+            for u in await admins.list_all(db)]
+    emit(data, args.json, [f"{u['name']}\tadded {u['created_at']}\tpassword set {u['password_changed_at']}"
+                           for u in data] or ["no admins (add one with `ticketmail admin add NAME`)"])
+
+
+async def admin_passwd(db, config, args):
+    user = await admins.set_password(db, args.user, _admin_password(args.user))
+    say(f"admin {user.name}: password changed; their sessions have ended")
+
+
+async def admin_remove(db, config, args):
+    user = await admins.remove(db, args.user)
+    say(f"admin {user.name} removed; their sessions have ended")

@@ -2,4 +2,8 @@
 
 
 class AdminError(Exception):
-    pass
+    """`field` names the setting at fault, when one is (the web panel shows the sentence beside it)."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field

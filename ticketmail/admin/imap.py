@@ -61,24 +61,32 @@ def _settings(name, email, server, port, security, user, folder, after, poll_sec
               warn) -> dict:
     try:
         name = check_name(name)
+    except ValueError as e:
+        raise AdminError(str(e), field="name") from None
+    try:
         after = parse_after(after)
     except ValueError as e:
-        raise AdminError(str(e)) from None
+        raise AdminError(str(e), field="after") from None
     if security not in SECURITY_PORTS:
-        raise AdminError(f"security {security!r}: one of {', '.join(SECURITY_PORTS)}")
+        raise AdminError(f"security {security!r}: one of {', '.join(SECURITY_PORTS)}", field="security")
     port = port or SECURITY_PORTS[security]
     if not 0 < port < 65536:
-        raise AdminError(f"--port {port}: not a TCP port")
+        raise AdminError(f"--port {port}: not a TCP port", field="port")
     if warning := port_warning(port):
         warn(warning)
     if poll_seconds < 5:
-        raise AdminError("--poll-seconds must be 5 or more")
+        raise AdminError("--poll-seconds must be 5 or more", field="poll_seconds")
     if ca_file:
         path = Path(ca_file).expanduser().resolve()
         if not path.is_file():
-            raise AdminError(f"--ca-file {ca_file}: no such file")
+            raise AdminError(f"--ca-file {ca_file}: no such file", field="ca_file")
         ca_file = str(path)
-    email = address(email)
+    try:
+        email = address(email)
+    except AdminError as e:
+        raise AdminError(str(e), field="email") from None
+    if not server.strip():
+        raise AdminError("the IMAP server is missing", field="server")
     return dict(name=name, email=email, server=server.strip(), port=port, security=security,
                 username=user or email, folder=folder, after=after, poll_seconds=poll_seconds,
                 ca_file=ca_file, verify_tls=verify_tls)
@@ -94,16 +102,17 @@ async def prepare(db, name: str, *, email: str, server: str, port: int | None = 
 
     def resolve(s) -> tuple[int | None, str]:
         if imap_store.account_by_name(s, settings["name"]):
-            raise AdminError(f"IMAP account {settings['name']!r} already exists")
+            raise AdminError(f"IMAP account {settings['name']!r} already exists", field="name")
         if department:
             dept = store.department_by_name(s, department)
             if dept is None:
-                raise AdminError(f"no department {department!r} (see `ticketmail department list`)")
+                raise AdminError(f"no department {department!r} (see `ticketmail department list`)",
+                                 field="department")
             return dept.id, dept.name
         owner = directory.load(s).department_for(settings["email"])
         if owner is None:
             raise AdminError(f"no department owns {settings['email']}: give --department NAME, or add the "
-                             "address to a department")
+                             "address to a department", field="department")
         return None, owner.name
 
     department_id, department_name = await db.run(resolve)
@@ -119,7 +128,7 @@ async def prepare(db, name: str, *, email: str, server: str, port: int | None = 
 async def add(db, bridge_config, new: NewAccount, password: Secret, *, check: bool = True) -> Tested:
     """Save the account, after connecting with `password` when `check` (if that fails, nothing is saved)."""
     if not password.reveal():
-        raise AdminError("the password is empty; nothing saved")
+        raise AdminError("the password is empty; nothing saved", field="password")
     account = Account(id=0, password=password, department=new.department, enabled=True, **new.settings)
     report = None
     if check:
@@ -143,7 +152,7 @@ async def add(db, bridge_config, new: NewAccount, password: Secret, *, check: bo
     try:
         await db.run(save, write=True)
     except IntegrityError:
-        raise AdminError(f"IMAP account {account.name!r} already exists") from None
+        raise AdminError(f"IMAP account {account.name!r} already exists", field="name") from None
     return Tested(account, report)
 
 
