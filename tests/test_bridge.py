@@ -25,7 +25,7 @@ from tests.bridge_helpers import (  # noqa: F401 - fixtures
     tickets_at_least,
     wait_until,
 )
-from tests.conftest import deliver
+from tests.conftest import deliver, one_database
 from tests.dovecot import USERS, Dovecot, dovecot, require_dovecot  # noqa: F401 - fixture
 from tests.mail import message
 
@@ -200,6 +200,7 @@ async def test_move_missing_folder_is_refused_at_add_and_reported_while_syncing(
     assert (await counts(db)) == (2, 2)
 
 
+@one_database
 async def test_server_without_idle_and_move_is_polled_and_moved_by_copy(
         add_account, run_bridge, db, cli):
     require_dovecot()
@@ -221,6 +222,7 @@ async def test_server_without_idle_and_move_is_polled_and_moved_by_copy(
         server.cleanup()
 
 
+@one_database
 async def test_wrong_password_is_one_line_and_saves_nothing(dovecot, add_account, cli):
     code, out, err = await add_account(dovecot, password="not-the-password")
     assert code == 1 and err.count("\n") == 1
@@ -249,6 +251,7 @@ async def test_failing_account_does_not_stop_the_others_or_lmtp(
     assert "not-the-password" not in caplog.text and USERS["sales"] not in caplog.text
 
 
+@one_database
 async def test_untrusted_certificate_is_refused_with_the_reason(dovecot, add_account, cli):
     code, _, err = await add_account(dovecot, ca=False)
     assert code == 1 and err.count("\n") == 1
@@ -256,6 +259,7 @@ async def test_untrusted_certificate_is_refused_with_the_reason(dovecot, add_acc
     assert await imap_list(cli) == []
 
 
+@one_database
 async def test_starttls_upgrades_the_connection_before_login(dovecot, add_account, run_bridge, db, cli):
     await asyncio.to_thread(dovecot.append, "support", mails(3, "starttls"))
     code, out, err = await add_account(dovecot, "support", "--security", "starttls", port=dovecot.port)
@@ -269,6 +273,7 @@ async def test_starttls_upgrades_the_connection_before_login(dovecot, add_accoun
     assert len(logins) >= 3 and "TLS" not in logins[0] and all("TLS" in line for line in logins[1:])
 
 
+@one_database
 async def test_starttls_against_an_untrusted_certificate_fails_before_the_password_is_sent(dovecot, add_account):
     code, _, err = await add_account(dovecot, "support", "--security", "starttls", port=dovecot.port, ca=False)
     assert code == 1 and "not trusted" in err

@@ -20,9 +20,11 @@ from tests.bridge_helpers import (  # noqa: F401 - fixtures
     serve,
     tickets_at_least,
 )
+from tests.conftest import one_database
 from tests.dovecot import USERS, dovecot  # noqa: F401 - fixture
 
 
+@one_database
 async def test_password_is_asked_twice_and_must_match(dovecot, cli, monkeypatch, bridge_key, departments):
     answers = iter(["support-pw", "support-pw-typo"])
     monkeypatch.setattr(getpass, "getpass", lambda prompt="": next(answers))
@@ -70,6 +72,7 @@ async def test_listings_print_timestamps_in_utc_with_the_zone(cli, db, monkeypat
     assert code == 0 and f"last sync {account['last_sync']}," in out
 
 
+@one_database
 async def test_add_defaults_and_warnings(cli, monkeypatch, bridge_key, departments):
     import io
 
@@ -90,6 +93,7 @@ async def test_add_defaults_and_warnings(cli, monkeypatch, bridge_key, departmen
     assert accounts["plain"]["port"] == 143
 
 
+@one_database
 async def test_add_refuses_bad_input_in_one_line(cli, monkeypatch, bridge_key, departments):
     base = ["--server", "mail.example.com", "--password-stdin", "--no-test"]
     for argv, expected in (
@@ -106,6 +110,7 @@ async def test_add_refuses_bad_input_in_one_line(cli, monkeypatch, bridge_key, d
     assert out.strip() == "no IMAP accounts"
 
 
+@one_database
 async def test_imap_test_reports_what_the_server_offers_and_each_failure_plainly(
         dovecot, add_account, cli, bridge_key):
     await asyncio.to_thread(dovecot.append, "support", mails(4, "counted"))
@@ -154,6 +159,7 @@ async def test_serve_syncs_the_account_and_stops_cleanly(dovecot, add_account, d
     assert (await counts(db)) == (4, 4)
 
 
+@one_database
 async def test_serve_without_the_key_refuses_to_start_in_one_line(dovecot, add_account, db_url, tmp_path):
     assert (await add_account(dovecot))[0] == 0
     result = await asyncio.to_thread(

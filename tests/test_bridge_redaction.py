@@ -15,6 +15,7 @@ import logging
 import sys
 
 from tests.bridge_helpers import SUPPORT, bridge_key, departments, run_bridge  # noqa: F401 - fixtures
+from tests.conftest import one_database
 
 USER = "support"
 # A quote and a backslash: on the wire (an IMAP quoted string) it is spelled differently than typed.
@@ -97,6 +98,7 @@ async def imap_add(cli, monkeypatch, port: int, *extra: str):
                      "--security", "none", "--user", USER, "--password-stdin", *extra)
 
 
+@one_database
 async def test_a_server_quoting_our_login_never_shows_the_password(
         cli, monkeypatch, bridge_key, departments, run_bridge, caplog):
     caplog.set_level(logging.DEBUG)  # every logger, every level: aioimaplib's own lines included

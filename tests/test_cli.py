@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import one_database
 from tests.lmtp_session import until
 from ticketmail import config as configuration
 
@@ -84,6 +85,7 @@ def test_unreachable_database_is_one_line():
     assert result.stderr.count("\n") == 1
 
 
+@one_database
 async def test_serve_on_unix_socket_delivers_and_stops_cleanly_on_sigterm(db_url, cli, tmp_path):
     await cli("department", "add", "Support", "--address", "support@xyzhosting.com", "--unknown-sender", "accept")
     sock = tmp_path / "lmtp.sock"

@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from ingest import mailer
 from storage.models import Event, Outbox
 from tests.challenge_helpers import BOB, SALES, desk  # noqa: F401 - desk is a fixture
+from tests.conftest import one_database
 from tests.mail import message
 
 LINK = "https://help.example/confirm/abc"
@@ -195,6 +196,7 @@ async def held_events(db) -> list[tuple[str, str]]:
         return [tuple(r) for r in await s.execute(select(Event.kind, Event.detail).order_by(Event.id))]
 
 
+@one_database
 async def test_issue7_encoded_crlf_in_message_id_does_not_inject_headers_into_the_challenge(desk, db):
     await desk.deliver(message(frm=BOB, subject="Hi", Message_ID=f"<{PAYLOAD}>"), recipient=SALES)
     mail = await desk.challenge()
@@ -205,6 +207,7 @@ async def test_issue7_encoded_crlf_in_message_id_does_not_inject_headers_into_th
         f"In-Reply-To left out: the held message's Message-ID {ascii(PAYLOAD)[:80]} is not a well-formed msg-id"]
 
 
+@one_database
 async def test_issue7_encoded_crlf_in_references_does_not_inject_headers_into_the_challenge(desk, db):
     raw = message(frm=BOB, subject="Hi", Message_ID="<first@newcomer.example>",
                   References=f"<{PAYLOAD}> <older@newcomer.example>")

@@ -7,7 +7,7 @@ import json
 from sqlalchemy import select, update
 
 from storage.models import Message, Ticket
-from tests.conftest import deliver
+from tests.conftest import deliver, one_database
 from tests.mail import message
 
 SUPPORT = "support@xyzhosting.com"
@@ -153,6 +153,7 @@ actions = [{ action = "trust" }, { action = "tag", tag = "partner" }, { action =
     assert (ticket["tags"], ticket["priority"], ticket["customer"]) == (["partner"], "high", "p@partner.example")
 
 
+@one_database
 async def test_bad_rules_file_is_one_line_and_imports_nothing(cli, tmp_path):
     await helpdesk(cli)
     rules = tmp_path / "rules.toml"

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from ingest.delivery import Delivery
 from tests.bridge_helpers import SUPPORT, bridge_key, departments  # noqa: F401 - fixtures
+from tests.conftest import one_database
 
 # Clear the screen, retitle the window, put a command in the clipboard (OSC 52), a C1 CSI (U+009B),
 # and a right-to-left override that makes "fdp.exe" read as "exe.pdf".
@@ -46,6 +47,7 @@ def assert_terminal_safe(text: str) -> None:
     assert not found, f"raw control characters {found!r} in {text!r}"
 
 
+@one_database
 async def test_plain_listings_show_hostile_text_escaped_and_json_keeps_it_exact(cli, pipeline):
     for argv in (["department", "add", "Support", "--address", "support@xyzhosting.com", "--unknown-sender", "accept"],
                  ["department", "add", "Sales", "--address", "sales@xyzhosting.com", "--unknown-sender", "hold"]):
@@ -82,6 +84,7 @@ async def test_plain_listings_show_hostile_text_escaped_and_json_keeps_it_exact(
     assert held_message["subject"] == SUBJECT
 
 
+@one_database
 async def test_an_error_line_quoting_a_hostile_server_is_escaped(cli, monkeypatch, bridge_key, departments):
     async def refuse(reader, writer):
         writer.write(b"* OK [CAPABILITY IMAP4rev1] hi\r\n")
@@ -112,6 +115,7 @@ async def test_an_error_line_quoting_a_hostile_server_is_escaped(cli, monkeypatc
     assert err.count("\n") == 2  # the --security none warning, then the error
 
 
+@one_database
 async def test_a_line_break_in_a_subject_cannot_forge_a_row(cli, pipeline):
     assert (await cli("department", "add", "Support", "--address", "support@xyzhosting.com",
                       "--unknown-sender", "accept"))[0] == 0

@@ -11,6 +11,7 @@ import pytest
 
 from tests.browser import CHROMIUM, Browser
 from tests.challenge_helpers import BOB, as_json, desk  # noqa: F401 - desk is a fixture
+from tests.conftest import one_database
 from tests.mail import message
 
 
@@ -27,7 +28,7 @@ async def browser(tmp_path):
     await running.close()
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the browser's part does not depend on storage
+@one_database  # the browser's part does not depend on storage
 async def test_a_person_confirms_in_the_browser_and_sees_the_ticket(desk, cli, browser, tmp_path):
     await desk.deliver(message(frm=f"Bob Newcomer <{BOB}>", subject="Cannot log in"))
     mail = await desk.challenge()

@@ -7,6 +7,7 @@ import re
 from aiohttp import web
 
 from tests.challenge_helpers import BOB, SUPPORT, desk, start_desk, stop_desk  # noqa: F401 - desk: a fixture
+from tests.conftest import one_database
 from tests.mail import message
 from ticketmail.config import Config
 from web.app import create_app
@@ -22,6 +23,7 @@ def assert_protected(headers) -> None:
     assert all(rule in csp for rule in STRICT) and "unsafe" not in csp and "script-src" not in csp
 
 
+@one_database
 async def test_every_response_carries_the_security_headers(desk):
     await desk.deliver(message(frm=BOB))
     mail = await desk.challenge()
@@ -36,6 +38,7 @@ async def test_every_response_carries_the_security_headers(desk):
     assert cookie["httponly"] and cookie["samesite"] == "Strict"
 
 
+@one_database
 async def test_redirect_after_post_is_relative_so_a_proxy_prefix_survives(desk):
     await desk.deliver(message(frm=BOB))
     mail = await desk.challenge()
@@ -52,6 +55,7 @@ async def test_redirect_after_post_is_relative_so_a_proxy_prefix_survives(desk):
             assert_protected(response.headers)
 
 
+@one_database
 async def test_pages_escape_what_they_show(db, cli):
     name = '<img src=x onerror="alert(1)"> & Co'
     code, _, err = await cli("department", "add", name, "--address", SUPPORT, "--unknown-sender", "challenge")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+from tests.conftest import one_database
 from tests.dovecot import free_port
 from tests.test_web_confirm import assert_protected
 
@@ -52,6 +53,7 @@ class Headers(dict):
         return super().__getitem__(name.lower())
 
 
+@one_database
 async def test_every_reply_has_no_banner_and_the_security_headers(db_url, tmp_path):
     port = free_port()
     env = dict(os.environ, TICKETMAIL_DATABASE_URL=db_url, TICKETMAIL_LMTP_PORT=str(free_port()),
