@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from ingest.lmtp import SHUTTING_DOWN, TEMPFAIL
 from storage.models import Message, Ticket
 from tests import statuscodes as codes
+from tests.conftest import one_database
 from tests.lmtp_session import Session, code_of
 from tests.mail import message
 
@@ -135,6 +136,7 @@ async def attempt(port: int) -> str | None:
         session.close()
 
 
+@one_database  # the writer's death, not what it stores
 async def test_writer_process_killed_means_451_and_serve_exits_for_a_restart(cli, db_url, tmp_path):
     await cli("department", "add", "Support", "--address", SUPPORT)
     await cli("customer", "add", "alice@customer.example")
