@@ -1,4 +1,4 @@
-"""The aiohttp app: the challenge confirmation pages and a health check (the admin interface later).
+"""The aiohttp app: the challenge confirmation pages, a health check, and the admin panel (web/panel.py).
 
 It serves on `[web]` host/port and builds nothing from the request's host: links in mails come from
 `[web] public_url`, and the pages use relative URLs, so it works behind a reverse proxy.
@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ingest import mailer
 from storage.database import Database
+from web import panel
 from web.keys import DB, PAGES, SITE, Site
 from web.middleware import BARE_CSP, error_pages, protect, security_headers
 from web.pages import Pages
@@ -22,13 +23,14 @@ __all__ = ["DB", "Runner", "create_app"]
 
 
 def create_app(db: Database, config) -> web.Application:
-    app = web.Application(middlewares=[error_pages], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[error_pages, panel.guard], client_max_size=64 * 1024)
     public = urlsplit(config.web.public_url)
     app[DB] = db
     app[SITE] = Site(ticket_prefix=config.ticket_prefix, public_origin=f"{public.scheme}://{public.netloc}",
                      secure_cookies=public.scheme == "https")
     app[PAGES] = Pages(mailer.environment("web", config.challenge.template_dir))
     app.on_response_prepare.append(security_headers)
+    panel.install(app, config)
     setup_routes(app)
     return app
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from web import views
+from web import imap_views, panel_views, views
 
 
 def setup_routes(app: web.Application) -> None:
@@ -12,3 +12,13 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/confirm/{token}", views.confirm_page)  # HEAD too; neither changes anything
     app.router.add_post("/confirm/{token}", views.confirm)
     app.router.add_get("/confirm/{token}/done", views.confirmed)
+
+    # The admin panel: every page but sign-in needs a session, every POST a CSRF token (web/panel.py).
+    app.router.add_get("/admin", panel_views.to_home)
+    app.router.add_get("/admin/", panel_views.home)
+    app.router.add_get("/admin/sign-in", panel_views.sign_in_page)
+    app.router.add_post("/admin/sign-in", panel_views.sign_in)
+    app.router.add_post("/admin/sign-out", panel_views.sign_out)
+    app.router.add_get("/admin/imap-accounts", imap_views.accounts)
+    app.router.add_get("/admin/imap-accounts/add", imap_views.add_page)
+    app.router.add_post("/admin/imap-accounts/add", imap_views.add)

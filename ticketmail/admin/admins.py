@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -22,8 +23,12 @@ MIN_PASSWORD = 10
 _hasher = PasswordHasher()
 # Each hash takes 64 MiB: at most two at once, however many sign-ins arrive together.
 _hashing = threading.BoundedSemaphore(2)
-# Checked when the name is unknown, so that an unknown name takes as long as a wrong password.
-_NOBODY = _hasher.hash("no such admin")
+
+
+@cache
+def _nobody() -> str:
+    """Checked when the name is unknown, so that an unknown name takes as long as a wrong password."""
+    return _hasher.hash("no such admin")
 
 
 def _hash(password: str) -> str:
@@ -108,7 +113,7 @@ async def sign_in(db, name: str, password: str) -> AdminUser | None:
     """The admin if `password` is theirs, else None (the same time either way). A hash made with older
     parameters is replaced by one made with the current ones."""
     user = await db.run(admin_store.admin_by_name, name.strip().lower())
-    stored = user.password_hash if user else _NOBODY
+    stored = user.password_hash if user else await asyncio.to_thread(_nobody)
     if not await asyncio.to_thread(_matches, stored, password) or user is None:
         return None
     if _hasher.check_needs_rehash(stored):
