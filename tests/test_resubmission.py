@@ -12,7 +12,9 @@ from ingest.delivery import Delivery
 from ingest.pipeline import Pipeline
 from storage.database import Database
 from storage.models import Event, Message, utcnow
+from tests.bridge_helpers import add_account, bridge_key, counts, departments, run_bridge, wait_until  # noqa: F401
 from tests.conftest import deliver
+from tests.dovecot import dovecot  # noqa: F401 - fixture
 from tests.mail import message
 from tests.test_pipeline import ALICE, SALES, SUPPORT, as_json, helpdesk
 
@@ -102,3 +104,22 @@ async def test_a_resubmission_racing_in_two_processes_is_stored_once(cli, db):
     assert [a.ticket == b.ticket for a, b in zip(outcomes[::2], outcomes[1::2])] == [True] * 20
     assert sum(o.duplicate for o in outcomes) == 20
     assert len(await as_json(cli, "tickets", "list")) == 20
+
+
+async def test_the_same_mail_over_lmtp_and_over_imap_is_one_ticket(dovecot, add_account, run_bridge, db, cli, lmtp):
+    raw = message(frm=ALICE, to=SUPPORT, subject="Both ways", Message_ID="<both@customer.example>")
+    [(code, reply)] = await deliver(lmtp.port, ALICE, SUPPORT, relayed(raw, "mx.customer.example"))
+    assert code == 250 and b"ticket #1" in reply
+    await asyncio.to_thread(dovecot.append, "support", [relayed(raw, "imap.customer.example")])
+    code, _, err = await add_account(dovecot)  # support@xyzhosting.com: the Support department
+    assert code == 0, err
+    await run_bridge()
+
+    async def imported():
+        _, stored = await counts(db)
+        return stored == 2
+
+    await wait_until(imported, 30, "the IMAP copy to be imported")
+    assert len(await as_json(cli, "tickets", "list")) == 1
+    [(_, detail)] = [e for e in await events(db, "resubmitted") if e[1].startswith("same message again")]
+    assert detail.startswith("same message again, via imap:support")
