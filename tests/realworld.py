@@ -8,12 +8,28 @@ out first (each named where it is), so what remains is a real difference.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 from ingest.parse import _html_to_text, _Warnings
 
-ROOT = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "realworld"
+def _root() -> Path:
+    """../shared/corpus/realworld beside the project; for a clone made elsewhere (CI clones the
+    checkout), beside the checkout it was cloned from; TICKETMAIL_REALWORLD_CORPUS overrides both."""
+    if os.environ.get("TICKETMAIL_REALWORLD_CORPUS"):
+        return Path(os.environ["TICKETMAIL_REALWORLD_CORPUS"])
+    project = Path(__file__).resolve().parents[1]
+    beside = [project.parent]
+    origin = subprocess.run(["git", "-C", str(project), "remote", "get-url", "origin"], capture_output=True, text=True)
+    if origin.returncode == 0 and Path(origin.stdout.strip()).is_dir():  # a clone of a local checkout
+        beside.append(Path(origin.stdout.strip()).resolve().parent)
+    found = [folder / "shared" / "corpus" / "realworld" for folder in beside]
+    return next((path for path in found if path.is_dir()), found[0])
+
+
+ROOT = _root()
 GENERATED_NAME = re.compile(r"part-\d+\.\w+")  # ticketmail's name for a part the sender did not name
 NO_BODY = "no visible content"  # Zammad's placeholder for an empty body
 
