@@ -153,10 +153,13 @@ class Writer:
                 log.exception("storing message from %s to %s failed", job.delivery.sender, job.delivery.recipient)
                 return e
 
+    def _department(self, d: Delivery):
+        return self.directory.department(d.department) or self.directory.department_for(d.recipient)
+
     def _resubmission_key(self, job: Job) -> str | None:
         if not self.resubmission_window:
             return None
-        dept = self.directory.department(job.delivery.department) or self.directory.department_for(job.delivery.recipient)
+        dept = self._department(job.delivery)
         message_id = store.clean(job.parsed.message_id)[:998] if job.parsed.message_id else None
         return resubmission.key(job.delivery.raw, message_id, dept.id if dept else None)
 
@@ -184,10 +187,9 @@ class Writer:
         d, parsed = job.delivery, job.parsed
         message = seen[key] = record(d, parsed, key)
         session.add(message)
-        if resubmitted in first:
-            self._again(session, message, first[resubmitted])
         store.defer_large_blob(session, message, "raw", d.raw)
         if resubmitted in first:
+            self._again(session, message, first[resubmitted])
             return first[resubmitted], "same message again", True
         if resubmitted:
             message.resubmission_key, first[resubmitted] = resubmitted, message
@@ -202,7 +204,7 @@ class Writer:
             source=d.source,
             account=d.account,
             ticket_prefix=self.ticket_prefix,
-            department=self.directory.department(d.department) or self.directory.department_for(d.recipient),
+            department=self._department(d),
             settings=self.challenge,
         )
         for warning in parsed.warnings:
