@@ -3,14 +3,12 @@ result, as text or with --json as one JSON document. Each is `async (db, config,
 
 from __future__ import annotations
 
-import getpass
 import sys
 
 from bridge.accounts import Secret
 from ingest.rules import rule_to_data
 from ticketmail.admin import admins, customers, departments, held, rules, tickets
-from ticketmail.admin.errors import AdminError
-from ticketmail.terminal import emit, iso, one_line, say
+from ticketmail.terminal import emit, iso, one_line, password, say
 
 
 async def department_add(db, config, args):
@@ -133,15 +131,7 @@ async def held_purge(db, config, args):
 
 def _admin_password(name: str) -> Secret:
     """Asked twice without echo on a terminal; otherwise the first line of stdin (scripts, tests)."""
-    try:
-        if not sys.stdin.isatty():
-            return Secret(sys.stdin.readline().rstrip("\r\n"))
-        password = getpass.getpass(f"Password for admin {name}: ")
-        if getpass.getpass("Repeat the password: ") != password:
-            raise AdminError("the two passwords do not match; nothing saved")
-        return Secret(password)
-    except EOFError:
-        raise AdminError("no password given") from None
+    return password(f"Password for admin {name}", from_stdin=not sys.stdin.isatty())
 
 
 async def admin_add(db, config, args):

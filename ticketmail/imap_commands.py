@@ -5,26 +5,15 @@ The password is asked twice without echo (or read from --password-stdin) and nev
 
 from __future__ import annotations
 
-import getpass
-import sys
 
 from bridge.accounts import Secret
 from ticketmail.admin import imap
-from ticketmail.admin.errors import AdminError
-from ticketmail.terminal import emit, iso, one_line, say, warn
+from ticketmail.terminal import emit, iso, one_line, password, say, warn
 
 
 def _password(args) -> Secret:
-    """From stdin (one line) or asked twice without echo; both must match, like the seed's confirm field."""
-    try:
-        if args.password_stdin:
-            return Secret(sys.stdin.readline().rstrip("\r\n"))
-        password = getpass.getpass(f"IMAP password for {args.name}: ")
-        if getpass.getpass("Repeat the password: ") != password:
-            raise AdminError("the two passwords do not match; nothing saved")
-        return Secret(password)
-    except EOFError:
-        raise AdminError("no password given (no terminal to ask? use --password-stdin)") from None
+    return password(f"IMAP password for {args.name}", from_stdin=args.password_stdin,
+                    hint=" (no terminal to ask? use --password-stdin)")
 
 
 async def imap_add(db, config, args):

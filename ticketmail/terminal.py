@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 import unicodedata
 from datetime import datetime
+
+from bridge.accounts import Secret
+from ticketmail.admin.errors import AdminError
 
 # What a terminal acts on or what changes how text reads, so never sent to it raw: controls (C0, DEL and
 # C1: escape sequences that clear the screen, retitle the window, write the clipboard), format characters
@@ -74,3 +78,17 @@ def emit(data, as_json: bool, lines) -> None:
     else:
         for line in lines:
             say(line)
+
+
+def password(prompt: str, *, from_stdin: bool, hint: str = "") -> Secret:
+    """A password: the first line of stdin when `from_stdin`, else asked twice without echo (both must
+    match, like a form's confirm field). `hint` follows the error when there is nothing to read."""
+    try:
+        if from_stdin:
+            return Secret(sys.stdin.readline().rstrip("\r\n"))
+        first = getpass.getpass(f"{prompt}: ")
+        if getpass.getpass("Repeat the password: ") != first:
+            raise AdminError("the two passwords do not match; nothing saved")
+        return Secret(first)
+    except EOFError:
+        raise AdminError(f"no password given{hint}") from None
