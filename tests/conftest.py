@@ -199,3 +199,18 @@ async def deliver(port: int, sender: str, recipients: list[str] | str, raw: byte
     if isinstance(recipients, str):
         recipients = [recipients]
     return await asyncio.to_thread(lmtp_send, port, sender, recipients, raw)
+
+
+async def race_in_two_processes(db: Database, pairs: list[tuple]) -> list:
+    """Deliver each pair of deliveries at the same time through two ticketmail processes (two pipelines,
+    each with its writer process and engine) on one database; the outcomes, pair by pair."""
+    other = Database(db.url)
+    first, second = Pipeline(db), Pipeline(other)
+    await first.start()
+    await second.start()
+    try:
+        return await asyncio.gather(*(p.deliver(d) for pair in pairs for p, d in zip((first, second), pair)))
+    finally:
+        await first.stop()
+        await second.stop()
+        await other.dispose()

@@ -7,7 +7,7 @@ import json
 from sqlalchemy import select, update
 
 from storage.models import Message, Ticket
-from tests.conftest import deliver, one_database
+from tests.conftest import deliver, one_database, race_in_two_processes
 from tests.mail import message
 
 SUPPORT = "support@xyzhosting.com"
@@ -210,25 +210,11 @@ async def test_purge_drops_old_held_mail_but_keeps_the_record(cli, db, lmtp):
 
 async def test_same_delivery_racing_in_two_processes_is_stored_once(cli, db):
     """Two ticketmail processes (two pipelines, two engines) get the same message at the same time."""
-    import asyncio
-
     from ingest.delivery import Delivery
-    from ingest.pipeline import Pipeline
-    from storage.database import Database
 
     await helpdesk(cli)
-    other = Database(db.url)
-    first, second = Pipeline(db), Pipeline(other)
-    await first.start()
-    await second.start()
-    try:
-        raws = [message(subject=f"race {n}") for n in range(30)]
-        outcomes = await asyncio.gather(*(
-            p.deliver(Delivery(raw, ALICE, SUPPORT)) for raw in raws for p in (first, second)))
-    finally:
-        await first.stop()
-        await second.stop()
-        await other.dispose()
+    raws = [message(subject=f"race {n}") for n in range(30)]
+    outcomes = await race_in_two_processes(db, [(Delivery(raw, ALICE, SUPPORT),) * 2 for raw in raws])
     assert all(o.status == "ticket" for o in outcomes)
     # Each pair of racing deliveries answered with the same ticket; one of each was a duplicate.
     assert [a.ticket == b.ticket for a, b in zip(outcomes[::2], outcomes[1::2])] == [True] * 30

@@ -9,11 +9,9 @@ from datetime import timedelta
 from sqlalchemy import select, update
 
 from ingest.delivery import Delivery
-from ingest.pipeline import Pipeline
-from storage.database import Database
 from storage.models import Event, Message, utcnow
 from tests.bridge_helpers import add_account, bridge_key, counts, departments, run_bridge, wait_until  # noqa: F401
-from tests.conftest import deliver
+from tests.conftest import deliver, race_in_two_processes
 from tests.dovecot import dovecot  # noqa: F401 - fixture
 from tests.mail import message
 from tests.test_pipeline import ALICE, SALES, SUPPORT, as_json, helpdesk
@@ -88,19 +86,10 @@ async def test_after_the_window_it_is_a_message_of_its_own(cli, db, lmtp):
 
 async def test_a_resubmission_racing_in_two_processes_is_stored_once(cli, db):
     await helpdesk(cli)
-    other = Database(db.url)
-    first, second = Pipeline(db), Pipeline(other)
-    await first.start()
-    await second.start()
-    try:
-        raws = [message(frm=ALICE, subject=f"race {n}", Message_ID=f"<race-{n}@customer.example>") for n in range(20)]
-        outcomes = await asyncio.gather(*(
-            p.deliver(Delivery(relayed(raw, hop), ALICE, SUPPORT))
-            for raw in raws for p, hop in ((first, "a.example"), (second, "bb.example"))))
-    finally:
-        await first.stop()
-        await second.stop()
-        await other.dispose()
+    raws = [message(frm=ALICE, subject=f"race {n}", Message_ID=f"<race-{n}@customer.example>") for n in range(20)]
+    outcomes = await race_in_two_processes(db, [
+        (Delivery(relayed(raw, "a.example"), ALICE, SUPPORT), Delivery(relayed(raw, "bb.example"), ALICE, SUPPORT))
+        for raw in raws])
     assert [a.ticket == b.ticket for a, b in zip(outcomes[::2], outcomes[1::2])] == [True] * 20
     assert sum(o.duplicate for o in outcomes) == 20
     assert len(await as_json(cli, "tickets", "list")) == 20
