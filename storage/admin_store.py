@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from storage.models import AdminUser
+from storage.models import AdminUser, AuditEntry
 
 
 def admins(session) -> list[AdminUser]:
@@ -18,3 +18,11 @@ def admin_by_name(session, name: str) -> AdminUser | None:
 
 def admin_by_id(session, admin_id: int) -> AdminUser | None:
     return session.get(AdminUser, admin_id)
+
+
+def audit_entries(session, *, limit: int, before: int | None = None) -> list[AuditEntry]:
+    """The newest audit entries (below id `before`, for the next page), newest first."""
+    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+    if before is not None:
+        query = query.where(AuditEntry.id < before)
+    return list(session.scalars(query))

@@ -331,3 +331,15 @@ class AdminUser(Base):
     session_epoch: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEntry(Base):
+    """A change an admin made, in the panel or with the CLI: who, when, what (never a secret)."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200))  # "admin alice" (the panel), "cli root" (the OS user)
+    action: Mapped[str] = mapped_column(String(60))  # "department.add", "held.release", ...
+    subject: Mapped[str] = mapped_column(Text, default="")  # what it was done to: a name, an address, a number
+    detail: Mapped[str] = mapped_column(Text, default="")

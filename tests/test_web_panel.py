@@ -43,7 +43,7 @@ async def panel(db, tmp_path):
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     client.clock = clock
-    await admins.add(db, "alice", Secret(PASSWORD))
+    await admins.add(db, "alice", Secret(PASSWORD), by="test")
     yield client
     await client.close()
 
@@ -103,7 +103,7 @@ async def test_the_cookie_is_secure_when_public_url_is_https(db, tmp_path):
     config = Config(database_url=db.url)
     config.web.public_url = "https://help.example.com"
     config.bridge.key_file = str(tmp_path / "secret.key")
-    await admins.add(db, "alice", Secret(PASSWORD))
+    await admins.add(db, "alice", Secret(PASSWORD), by="test")
     async with TestClient(TestServer(create_app(db, config), host="127.0.0.1")) as client:
         async with client.get("/admin/sign-in") as response:
             token = csrf_of(await response.text())

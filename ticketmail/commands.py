@@ -3,6 +3,7 @@ result, as text or with --json as one JSON document. Each is `async (db, config,
 
 from __future__ import annotations
 
+import getpass
 import sys
 
 from bridge.accounts import Secret
@@ -11,8 +12,19 @@ from ticketmail.admin import admins, customers, departments, held, rules, ticket
 from ticketmail.terminal import emit, iso, one_line, password, say
 
 
+def _cli_user() -> str:
+    """Who the audit log says made a change at the command line: the operating-system user."""
+    try:
+        return f"cli {getpass.getuser()}"
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return "cli"
+
+
+BY = _cli_user()
+
+
 async def department_add(db, config, args):
-    d = await departments.add(db, args.name, args.address, args.unknown_sender)
+    d = await departments.add(db, args.name, args.address, args.unknown_sender, by=BY)
     say(f"department {d.name} added ({', '.join(a.address for a in d.addresses)}; "
         f"unknown senders: {d.unknown_sender})")
 
@@ -25,7 +37,7 @@ async def department_list(db, config, args):
 
 
 async def customer_add(db, config, args):
-    customer = await customers.add(db, args.email, args.name, added_by="cli")
+    customer = await customers.add(db, args.email, args.name, added_by="cli", by=BY)
     say(f"customer {customer.email} added")
 
 
@@ -37,12 +49,12 @@ async def customer_list(db, config, args):
 
 
 async def customer_remove(db, config, args):
-    await customers.remove(db, args.email)
+    await customers.remove(db, args.email, by=BY)
     say(f"customer {args.email} removed")
 
 
 async def rules_import(db, config, args):
-    imported = await rules.import_file(db, args.file)
+    imported = await rules.import_file(db, args.file, by=BY)
     say(f"{len(imported)} rules imported from {args.file}")
 
 
@@ -108,24 +120,24 @@ def _still_held(sender: str, count: int) -> str:
 
 
 async def held_release(db, config, args):
-    done = await held.release(db, args.id, ticket_prefix=config.ticket_prefix)
+    done = await held.release(db, args.id, ticket_prefix=config.ticket_prefix, by=BY)
     closed = f"; {done.sender}'s pending challenge closed" if done.challenge_closed else ""
     say(f"message {args.id} released as ticket #{done.ticket}{closed}{_still_held(done.sender, done.still_held)}")
 
 
 async def held_discard(db, config, args):
-    done = await held.discard(db, args.id, block=args.block)
+    done = await held.discard(db, args.id, block=args.block, by=BY)
     blocked = f"; {done.sender} blocked{_still_held(done.sender, done.still_held)}" if done.blocked else ""
     say(f"message {args.id} discarded{blocked}")
 
 
 async def held_unblock(db, config, args):
-    say(f"{await held.unblock(db, args.email)} unblocked")
+    say(f"{await held.unblock(db, args.email, by=BY)} unblocked")
 
 
 async def held_purge(db, config, args):
     days = config.challenge.held_days if args.days is None else args.days
-    count = await held.purge(db, days)
+    count = await held.purge(db, days, by=BY)
     say(f"{count} messages purged (held or deleted more than {days} days ago)")
 
 
@@ -135,7 +147,7 @@ def _admin_password(name: str) -> Secret:
 
 
 async def admin_add(db, config, args):
-    user = await admins.add(db, args.user, _admin_password(args.user))
+    user = await admins.add(db, args.user, _admin_password(args.user), by=BY)
     say(f"admin {user.name} added; sign in at {config.web.public_url.rstrip('/')}/admin/")
 
 
@@ -147,10 +159,10 @@ async def admin_list(db, config, args):
 
 
 async def admin_passwd(db, config, args):
-    user = await admins.set_password(db, args.user, _admin_password(args.user))
+    user = await admins.set_password(db, args.user, _admin_password(args.user), by=BY)
     say(f"admin {user.name}: password changed; their sessions have ended")
 
 
 async def admin_remove(db, config, args):
-    user = await admins.remove(db, args.user)
+    user = await admins.remove(db, args.user, by=BY)
     say(f"admin {user.name} removed; their sessions have ended")

@@ -5,9 +5,9 @@ The password is asked twice without echo (or read from --password-stdin) and nev
 
 from __future__ import annotations
 
-
 from bridge.accounts import Secret
 from ticketmail.admin import imap
+from ticketmail.commands import BY
 from ticketmail.terminal import emit, iso, one_line, password, say, warn
 
 
@@ -21,7 +21,7 @@ async def imap_add(db, config, args):
         db, args.name, email=args.email, server=args.server, port=args.port, security=args.security,
         user=args.user, folder=args.folder, after=args.after, department=args.department,
         poll_seconds=args.poll_seconds, ca_file=args.ca_file, verify_tls=not args.insecure_skip_verify, warn=warn)
-    added = await imap.add(db, config.bridge, new, _password(args), check=not args.no_test)
+    added = await imap.add(db, config.bridge, new, _password(args), check=not args.no_test, by=BY)
     account = added.account
     if added.report:
         for line in added.report.lines(account):
@@ -68,13 +68,13 @@ def _line(a: dict) -> str:
 
 
 async def imap_remove(db, config, args):
-    name = await imap.remove(db, args.name)
+    name = await imap.remove(db, args.name, by=BY)
     say(f"imap account {name} removed (the mail it imported stays; nothing changes on the server)")
 
 
 async def imap_enable(db, config, args):
-    say(f"imap account {await imap.enable(db, args.name)} enabled")
+    say(f"imap account {await imap.enable(db, args.name, by=BY)} enabled")
 
 
 async def imap_disable(db, config, args):
-    say(f"imap account {await imap.disable(db, args.name)} disabled")
+    say(f"imap account {await imap.disable(db, args.name, by=BY)} disabled")

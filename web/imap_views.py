@@ -12,7 +12,7 @@ from bridge.accounts import Secret
 from ticketmail.admin import departments, imap
 from ticketmail.admin.errors import AdminError
 from web.keys import DB
-from web.panel import PANEL, link, render
+from web.panel import PANEL, by, link, render
 
 FIELDS = ("name", "email", "server", "port", "security", "user", "department")
 SHOWN = FIELDS + ("password", "confirm")  # the fields an error can sit beside; other errors go on top
@@ -58,7 +58,7 @@ async def add(request: web.Request) -> web.Response:
     if not errors:
         try:
             added = await imap.add(db, request.app[PANEL].bridge_config, new, Secret(password),
-                                   check=form.get("no_test") != "on")
+                                   check=form.get("no_test") != "on", by=by(request))
         except AdminError as e:
             errors[e.field if e.field in SHOWN else "form"] = str(e)
     if errors:

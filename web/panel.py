@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from storage.models import AdminUser
+from ticketmail.admin import audit
 from web import csrf, sessions
 from web.csrf import CsrfError
 from web.keys import DB, PAGES, SITE
@@ -50,6 +51,11 @@ def link(request: web.Request, target: str) -> str:
     folder, name = posixpath.split(f"{PREFIX}/{target}")
     up = posixpath.relpath(folder, posixpath.dirname(request.path))
     return name if up == "." and name else f"{up}/{name}"
+
+
+def by(request: web.Request) -> str:
+    """Who the audit log says made a change: the signed-in admin."""
+    return audit.admin(request[ADMIN].name)
 
 
 def next_page(value: str) -> str:

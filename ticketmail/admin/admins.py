@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from bridge.accounts import Secret
 from storage import admin_store
 from storage.models import AdminUser, utcnow
+from ticketmail.admin import audit
 from ticketmail.admin.errors import AdminError
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
@@ -59,7 +60,7 @@ def _check_password(password: Secret) -> str:
     return value
 
 
-async def add(db, name: str, password: Secret) -> AdminUser:
+async def add(db, name: str, password: Secret, *, by: str) -> AdminUser:
     name = check_name(name)
     hashed = await asyncio.to_thread(_hash, _check_password(password))
 
@@ -68,6 +69,7 @@ async def add(db, name: str, password: Secret) -> AdminUser:
             raise AdminError(f"admin {name} already exists (`ticketmail admin passwd {name}` sets a new password)")
         user = AdminUser(name=name, password_hash=hashed)
         s.add(user)
+        audit.record(s, by, "admin.add", name)
         return user
 
     try:
@@ -80,7 +82,7 @@ async def list_all(db) -> list[AdminUser]:
     return await db.run(admin_store.admins)
 
 
-async def _change(db, name: str, change) -> AdminUser:
+async def _change(db, name: str, change, *, by: str | None = None, action: str = "") -> AdminUser:
     name = name.strip().lower()
 
     def apply(s):
@@ -88,12 +90,14 @@ async def _change(db, name: str, change) -> AdminUser:
         if user is None:
             raise AdminError(f"no admin {name} (see `ticketmail admin list`)")
         change(s, user)
+        if by is not None:
+            audit.record(s, by, action, name)
         return user
 
     return await db.run(apply, write=True)
 
 
-async def set_password(db, name: str, password: Secret) -> AdminUser:
+async def set_password(db, name: str, password: Secret, *, by: str) -> AdminUser:
     """A new password; every session of the admin ends."""
     hashed = await asyncio.to_thread(_hash, _check_password(password))
 
@@ -101,12 +105,12 @@ async def set_password(db, name: str, password: Secret) -> AdminUser:
         user.password_hash, user.password_changed_at = hashed, utcnow()
         user.session_epoch += 1
 
-    return await _change(db, name, change)
+    return await _change(db, name, change, by=by, action="admin.passwd")
 
 
-async def remove(db, name: str) -> AdminUser:
+async def remove(db, name: str, *, by: str) -> AdminUser:
     """Remove the admin; their sessions end with them."""
-    return await _change(db, name, lambda s, user: s.delete(user))
+    return await _change(db, name, lambda s, user: s.delete(user), by=by, action="admin.remove")
 
 
 async def sign_in(db, name: str, password: str) -> AdminUser | None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from storage import directory_store, store
 from storage.models import Department, DepartmentAddress
+from ticketmail.admin import audit
 from ticketmail.admin.addresses import address
 from ticketmail.admin.errors import AdminError
 
 UNKNOWN_SENDER = ("challenge", "accept", "reject", "hold")
 
 
-async def add(db, name: str, addresses: list[str], unknown_sender: str = "challenge") -> Department:
+async def add(db, name: str, addresses: list[str], unknown_sender: str = "challenge", *, by: str) -> Department:
     """A new department owning `addresses` (`*@domain` for a whole domain)."""
     if unknown_sender not in UNKNOWN_SENDER:
         raise AdminError(f"unknown sender policy {unknown_sender!r}: one of {', '.join(UNKNOWN_SENDER)}")
@@ -25,6 +26,7 @@ async def add(db, name: str, addresses: list[str], unknown_sender: str = "challe
                                 addresses=[DepartmentAddress(address=a) for a in owned])
         s.add(department)
         store.bump_revision(s)
+        audit.record(s, by, "department.add", name, f"addresses {', '.join(owned)}; unknown senders: {unknown_sender}")
         return department
 
     return await db.run(create, write=True)

@@ -12,6 +12,7 @@ from ingest import chain
 from ingest import release as releasing
 from storage import challenge_store, store
 from storage.models import Message, utcnow
+from ticketmail.admin import audit
 from ticketmail.admin.errors import AdminError
 
 
@@ -53,7 +54,7 @@ async def list_all(db) -> list[Message]:
     return await db.run(store.held_messages)
 
 
-async def release(db, message_id: int, *, ticket_prefix: str) -> Released:
+async def release(db, message_id: int, *, ticket_prefix: str, by: str) -> Released:
     """Make a held message a ticket; its sender is a customer now, so their pending challenge is closed."""
 
     def release_one(s):
@@ -65,12 +66,13 @@ async def release(db, message_id: int, *, ticket_prefix: str) -> Released:
         challenge_store.drop_waits(s, [message.id])
         sender = _sender(message)
         closed = challenge_store.close_open(s, sender, "released by admin (held release)", utcnow())
+        audit.record(s, by, "held.release", f"message {message_id}", f"ticket #{number}, from {sender}")
         return Released(number, sender, closed, _still_held(s, sender))
 
     return await db.run(release_one, write=True)
 
 
-async def discard(db, message_id: int, *, block: bool = False) -> Discarded:
+async def discard(db, message_id: int, *, block: bool = False, by: str) -> Discarded:
     """Drop a held message (its raw bytes stay until `purge`); `block` deletes its sender's mail from now on."""
 
     def discard_one(s):
@@ -82,6 +84,7 @@ async def discard(db, message_id: int, *, block: bool = False) -> Discarded:
         store.add_event(s, message, "discarded", "discarded by admin (ticketmail held discard); the raw message "
                                                  "is kept until `held purge`")
         challenge_store.drop_waits(s, [message.id])
+        audit.record(s, by, "held.discard", f"message {message_id}", f"from {sender}" + (", sender blocked" if block else ""))
         if not block:
             return Discarded(sender, blocked=False, still_held=0)
         challenge_store.block(s, sender, f"ticketmail held discard {message_id} --block")
@@ -92,14 +95,19 @@ async def discard(db, message_id: int, *, block: bool = False) -> Discarded:
     return await db.run(discard_one, write=True)
 
 
-async def unblock(db, address: str) -> str:
+async def unblock(db, address: str, *, by: str) -> str:
     """Accept mail from a blocked sender again; returns the address as stored."""
-    if not await db.run(challenge_store.unblock, address, write=True):
-        raise AdminError(f"{address} is not blocked")
+
+    def unblock_one(s):
+        if not challenge_store.unblock(s, address):
+            raise AdminError(f"{address} is not blocked")
+        audit.record(s, by, "sender.unblock", address.lower())
+
+    await db.run(unblock_one, write=True)
     return address.lower()
 
 
-async def purge(db, days: int) -> int:
+async def purge(db, days: int, *, by: str) -> int:
     """Empty held and deleted mail older than `days` (their event log stays); returns how many."""
     if days < 0:
         raise AdminError("--days must be 0 or more")
@@ -110,6 +118,7 @@ async def purge(db, days: int) -> int:
             was = m.status
             m.status, m.raw, m.text, m.html, m.attachments = "purged", b"", "", "", []
             store.add_event(s, m, "purged", f"{was} message purged after {days} days; the log entry remains")
+        audit.record(s, by, "held.purge", f"{len(expired)} messages", f"held or deleted over {days} days")
         return len(expired)
 
     return await db.run(purge_old, write=True)

@@ -28,6 +28,7 @@ from bridge.probe import Report, probe
 from ingest import directory
 from storage import imap_store, store
 from storage.models import ImapAccount
+from ticketmail.admin import audit
 from ticketmail.admin.addresses import address
 from ticketmail.admin.errors import AdminError
 
@@ -125,7 +126,7 @@ async def prepare(db, name: str, *, email: str, server: str, port: int | None = 
     return NewAccount(settings, department_id, department_name)
 
 
-async def add(db, bridge_config, new: NewAccount, password: Secret, *, check: bool = True) -> Tested:
+async def add(db, bridge_config, new: NewAccount, password: Secret, *, check: bool = True, by: str) -> Tested:
     """Save the account, after connecting with `password` when `check` (if that fails, nothing is saved)."""
     if not password.reveal():
         raise AdminError("the password is empty; nothing saved", field="password")
@@ -148,6 +149,7 @@ async def add(db, bridge_config, new: NewAccount, password: Secret, *, check: bo
             folder=account.folder, after_action=str(account.after), department_id=new.department_id,
             poll_seconds=account.poll_seconds, ca_file=account.ca_file, verify_tls=account.verify_tls, enabled=True,
         ))
+        audit.record(s, by, "imap.add", account.name, f"{account.email} on {account.where()}")
 
     try:
         await db.run(save, write=True)
@@ -181,25 +183,26 @@ async def list_all(db) -> list[Status]:
     return await db.run(collect)
 
 
-async def _change(db, name: str, change) -> str:
+async def _change(db, name: str, change, *, by: str, action: str) -> str:
     def apply(s):
         row = imap_store.account_by_name(s, name)
         if row is None:
             raise AdminError(f"no IMAP account {name!r} (see `ticketmail imap list`)")
         change(s, row)
+        audit.record(s, by, action, row.name)
         return row.name
 
     return await db.run(apply, write=True)
 
 
-async def remove(db, name: str) -> str:
+async def remove(db, name: str, *, by: str) -> str:
     """Remove the account (the mail it imported stays); returns its name as stored."""
-    return await _change(db, name, lambda s, row: s.delete(row))
+    return await _change(db, name, lambda s, row: s.delete(row), by=by, action="imap.remove")
 
 
-async def enable(db, name: str) -> str:
-    return await _change(db, name, lambda s, row: setattr(row, "enabled", True))
+async def enable(db, name: str, *, by: str) -> str:
+    return await _change(db, name, lambda s, row: setattr(row, "enabled", True), by=by, action="imap.enable")
 
 
-async def disable(db, name: str) -> str:
-    return await _change(db, name, lambda s, row: setattr(row, "enabled", False))
+async def disable(db, name: str, *, by: str) -> str:
+    return await _change(db, name, lambda s, row: setattr(row, "enabled", False), by=by, action="imap.disable")
