@@ -69,3 +69,9 @@ async def add(request: web.Request) -> web.Response:
         *(f"Warning: {w}" for w in warnings), *report, f"IMAP account {account.name} added ({account.email} on {account.where()}, "
                             f"department {new.department}); `ticketmail serve` syncs it."]
     raise web.HTTPSeeOther(location=link(request, "imap-accounts"))
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/admin/imap-accounts", accounts)
+    router.add_get("/admin/imap-accounts/add", add_page)
+    router.add_post("/admin/imap-accounts/add", add)

@@ -1,10 +1,19 @@
-"""Every URL of the web app, in one place."""
+"""Every URL of the web app: the public pages here, the admin panel's by the module of each section."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from web import imap_views, panel_views, views
+from web import (
+    audit_views,
+    directory_views,
+    held_views,
+    imap_views,
+    panel_views,
+    rules_views,
+    ticket_views,
+    views,
+)
 
 
 def setup_routes(app: web.Application) -> None:
@@ -19,6 +28,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/admin/sign-in", panel_views.sign_in_page)
     app.router.add_post("/admin/sign-in", panel_views.sign_in)
     app.router.add_post("/admin/sign-out", panel_views.sign_out)
-    app.router.add_get("/admin/imap-accounts", imap_views.accounts)
-    app.router.add_get("/admin/imap-accounts/add", imap_views.add_page)
-    app.router.add_post("/admin/imap-accounts/add", imap_views.add)
+    for section in (ticket_views, held_views, rules_views, directory_views, imap_views, audit_views):
+        section.add_routes(app.router)
