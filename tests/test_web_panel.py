@@ -4,65 +4,24 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bridge.accounts import Secret
 from storage import imap_store
+from tests.panel_helpers import PASSWORD, Clock, csrf_of, form_token, panel, sign_in  # noqa: F401 - panel is a fixture
 from tests.test_web_confirm import assert_protected
 from ticketmail.admin import admins, imap
 from ticketmail.config import Config
 from web import sessions
 from web.app import create_app
 from web.keys import DB
-from web.panel import PANEL
 
-PASSWORD = "correct horse battery"
 PAGES = ("/admin/", "/admin/imap-accounts", "/admin/imap-accounts/add")
 POSTS = ("/admin/sign-out", "/admin/imap-accounts/add")
 ADD = {"name": "support-inbox", "email": "support@xyzhosting.com", "server": "imap.example.net", "port": "993",
        "security": "tls", "user": "", "department": "", "password": "s3cret-pass", "confirm": "s3cret-pass",
        "no_test": "on"}
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-async def panel(db, tmp_path):
-    config = Config(database_url=db.url)
-    config.bridge.key_file = str(tmp_path / "secret.key")
-    app = create_app(db, config)
-    app[PANEL].throttle.clock = clock = Clock()
-    client = TestClient(TestServer(app, host="127.0.0.1"))
-    await client.start_server()
-    client.clock = clock
-    await admins.add(db, "alice", Secret(PASSWORD), by="test")
-    yield client
-    await client.close()
-
-
-def csrf_of(page: str) -> str:
-    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
-
-
-async def sign_in(client, user="alice", password=PASSWORD, **extra):
-    async with client.get("/admin/sign-in") as response:
-        token = csrf_of(await response.text())
-    return await client.post("/admin/sign-in", data={"csrf": token, "user": user, "password": password, **extra},
-                             allow_redirects=False)
-
-
-async def form_token(client, path="/admin/imap-accounts/add") -> str:
-    async with client.get(path) as response:
-        assert response.status == 200
-        return csrf_of(await response.text())
 
 
 async def test_every_admin_page_needs_a_session(panel):
