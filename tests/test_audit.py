@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import getpass
 import logging
+import re
 
+from tests.panel_helpers import panel, sign_in  # noqa: F401 - panel is a fixture
 from ticketmail.admin import audit, departments
 from ticketmail.admin.errors import AdminError
 
@@ -54,3 +56,28 @@ async def test_pages_of_the_log_go_back_by_id(db):
     first = await audit.recent(db, limit=2)
     assert [e.subject for e in first] == ["D4", "D3"]
     assert [e.subject for e in await audit.recent(db, limit=2, before=first[-1].id)] == ["D2", "D1"]
+
+
+async def test_the_audit_page_lists_changes_newest_first_escaped_and_in_pages(panel, db, monkeypatch):
+    from web import audit_views
+
+    monkeypatch.setattr(audit_views, "PAGE", 2)
+    async with panel.get("/admin/audit", allow_redirects=False) as response:
+        assert response.status == 303 and "sign-in" in response.headers["Location"]
+    async with await sign_in(panel) as response:
+        assert response.status == 303
+    async with panel.get("/admin/audit") as response:  # the fixture's admin, added by the test
+        assert "<td>test</td><td>admin.add</td><td>alice</td>" in await response.text()
+    await departments.add(db, "<script>alert(1)</script>", ["a@xyzhosting.com"], by="cli root")
+    for n in range(2):
+        await departments.add(db, f"D{n}", [f"d{n}@xyzhosting.com"], by="admin alice")
+    async with panel.get("/admin/audit") as response:
+        page = await response.text()
+    assert "<script>alert(1)</script>" not in page
+    assert page.index("<td>D1</td>") < page.index("<td>D0</td>")
+    assert "&lt;script&gt;" not in page  # the third entry is on the next page
+    older = re.search(r'href="(audit\?before=\d+)"', page).group(1)
+    async with panel.get(f"/admin/{older}") as response:
+        page = await response.text()
+    assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>" in page and "<td>cli root</td>" in page
+    assert "Older changes" not in page
