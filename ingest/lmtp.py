@@ -30,6 +30,8 @@ SHUTTING_DOWN = "421 4.3.2 Service shutting down, please retry later"
 TOO_MANY = "421 4.3.2 Too many connections, please retry later"
 IDLE = "421 4.4.2 Idle too long without delivering a message, closing"
 LINE_TOO_LONG = "500 5.5.2 Command line too long"
+_WITH_STATUS_CODE = {"500 Command line too long": LINE_TOO_LONG,
+                     "552 Error: message size exceeds fixed maximum message size": TOO_BIG}
 
 # How much of the stream one read may buffer. Command lines beyond aiosmtpd's 512 (plus extensions)
 # are refused; beyond this they are not even kept. DATA is read in pieces of up to this size.
@@ -120,9 +122,8 @@ class _Server(LMTP):
         await super()._handle_client()
 
     async def push(self, status) -> None:
-        if status == "500 Command line too long":  # aiosmtpd's text, without an enhanced status code
-            status = LINE_TOO_LONG
-        await super().push(status)
+        # aiosmtpd's own replies without an enhanced status code: ours instead (the size: MAIL FROM SIZE=)
+        await super().push(_WITH_STATUS_CODE.get(status, status))
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:

@@ -13,7 +13,7 @@ import smtplib
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, closing
 
 import pytest
 from sqlalchemy import func, select
@@ -242,3 +242,18 @@ async def test_a_client_gone_in_the_middle_of_data_gives_its_budget_back(listen,
         await until(lambda: lmtp.inflight == 0, "the vanished session's bytes to be released")
     [(code, _)] = await deliver(lmtp.port, ALICE, SUPPORT, message(body="d" * 900_000 + "\n"))
     assert code == codes.OK
+
+
+@one_database
+async def test_a_declared_size_over_the_limit_is_refused_at_mail_from(listen):
+    """EHLO advertises the limit; a client that declares a bigger message is refused before it sends it."""
+    lmtp = await listen(max_message_bytes=20_000)
+
+    def declare():
+        with closing(smtplib.LMTP("127.0.0.1", lmtp.port)) as client:
+            client.ehlo()
+            return client.esmtp_features["size"], client.mail(ALICE, ["SIZE=40000"])
+
+    advertised, (code, text) = await asyncio.to_thread(declare)
+    assert advertised == "20000"
+    assert (code, text) == (codes.TOO_BIG, b"5.3.4 Message exceeds the maximum size")
