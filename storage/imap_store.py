@@ -26,6 +26,19 @@ def account_by_name(session, name: str) -> ImapAccount | None:
     )
 
 
+def account_by_id(session, account_id: int) -> ImapAccount | None:
+    return session.get(ImapAccount, account_id)
+
+
+def last_imported(session, source: str):
+    """(subject, received_at) of the newest message from `source` ("imap:NAME"), or None. It walks the primary
+    key down to the first match: quick while the account imports often (messages.source has no index)."""
+    return session.execute(
+        select(Message.subject, Message.received_at).where(Message.source == source)
+        .order_by(Message.id.desc()).limit(1)
+    ).first()
+
+
 def checkpoint(session, account_id: int) -> tuple[int | None, int, int]:
     """(uidvalidity, last_uid, rescan_below) as committed."""
     row = session.execute(

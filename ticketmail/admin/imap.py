@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
@@ -56,6 +57,8 @@ class Tested:
 class Status:
     account: ImapAccount  # with its department
     synced_by: str | None  # the `serve` process holding its lease (PostgreSQL only)
+    last_subject: str | None = None  # the newest message imported from it: its subject and when
+    last_imported_at: datetime | None = None
 
 
 def _settings(name, email, server, port, security, user, folder, after, poll_seconds, ca_file, verify_tls,
@@ -88,9 +91,34 @@ def _settings(name, email, server, port, security, user, folder, after, poll_sec
         raise AdminError(str(e), field="email") from None
     if not server.strip():
         raise AdminError("the IMAP server is missing", field="server")
+    if not folder.strip():
+        raise AdminError("the folder is missing (most servers call the inbox INBOX)", field="folder")
     return dict(name=name, email=email, server=server.strip(), port=port, security=security,
-                username=user or email, folder=folder, after=after, poll_seconds=poll_seconds,
+                username=user or email, folder=folder.strip(), after=after, poll_seconds=poll_seconds,
                 ca_file=ca_file, verify_tls=verify_tls)
+
+
+def _department(s, department: str, email: str) -> tuple[int | None, str]:
+    """The department named, or (None, the one that owns `email`): prepare and edit check it alike."""
+    if department:
+        dept = store.department_by_name(s, department)
+        if dept is None:
+            raise AdminError(f"no department {department!r} (see `ticketmail department list`)", field="department")
+        return dept.id, dept.name
+    owner = directory.load(s).department_for(email)
+    if owner is None:
+        raise AdminError(f"no department owns {email}: give --department NAME, or add the address to a department",
+                         field="department")
+    return None, owner.name
+
+
+def _risks(settings: dict, warn: Callable[[str], None]) -> None:
+    if settings["security"] == "none":
+        warn("--security none: the password and the mail cross the network in clear")
+    if not settings["verify_tls"] and settings["security"] != "none":
+        warn("--insecure-skip-verify: the server's TLS certificate is not checked (anyone in between "
+             "can read the password)")
+        log.warning("imap %s: TLS certificate verification turned off by the admin", settings["name"])
 
 
 async def prepare(db, name: str, *, email: str, server: str, port: int | None = None, security: str = "tls",
@@ -104,25 +132,10 @@ async def prepare(db, name: str, *, email: str, server: str, port: int | None = 
     def resolve(s) -> tuple[int | None, str]:
         if imap_store.account_by_name(s, settings["name"]):
             raise AdminError(f"IMAP account {settings['name']!r} already exists", field="name")
-        if department:
-            dept = store.department_by_name(s, department)
-            if dept is None:
-                raise AdminError(f"no department {department!r} (see `ticketmail department list`)",
-                                 field="department")
-            return dept.id, dept.name
-        owner = directory.load(s).department_for(settings["email"])
-        if owner is None:
-            raise AdminError(f"no department owns {settings['email']}: give --department NAME, or add the "
-                             "address to a department", field="department")
-        return None, owner.name
+        return _department(s, department, settings["email"])
 
     department_id, department_name = await db.run(resolve)
-    if security == "none":
-        warn("--security none: the password and the mail cross the network in clear")
-    if not verify_tls and security != "none":
-        warn("--insecure-skip-verify: the server's TLS certificate is not checked (anyone in between "
-             "can read the password)")
-        log.warning("imap %s: TLS certificate verification turned off by the admin", settings["name"])
+    _risks(settings, warn)
     return NewAccount(settings, department_id, department_name)
 
 
@@ -158,6 +171,87 @@ async def add(db, bridge_config, new: NewAccount, password: Secret, *, check: bo
     return Tested(account, report)
 
 
+@dataclass(frozen=True)
+class Edited:
+    account: Account
+    report: Report | None  # None: saved without testing
+    changes: list[str]  # what changed, in words (a new password as "password changed"); empty: nothing
+
+
+# A change to any of these points the account at other mail: its checkpoint starts again.
+_MAILBOX = ("server", "port", "username", "folder")
+_COLUMNS = {"after": "after_action"}
+
+
+async def edit(db, bridge_config, name: str, *, new_name: str, email: str, server: str, port: int | None = None,
+               security: str = "tls", user: str = "", folder: str = "INBOX", after: str = "seen",
+               department: str = "", poll_seconds: int = 60, ca_file: str = "", verify_tls: bool = True,
+               password: Secret | None = None, check: bool = True, warn: Callable[[str], None], by: str) -> Edited:
+    """Change every setting of account `name`, checked as `prepare` checks a new one. `password` None keeps
+    the stored one; a new one is encrypted with the bridge key. With `check`, the new settings must pass
+    `imap test` first (if not, nothing changes). Enabled or not stays as it was."""
+    settings = _settings(new_name, email, server, port, security, user, folder, after, poll_seconds, ca_file,
+                         verify_tls, warn)
+
+    def resolve(s):
+        row = imap_store.account_by_name(s, name)
+        if row is None:
+            raise AdminError(f"no IMAP account {name!r} (see `ticketmail imap list`)")
+        other = imap_store.account_by_name(s, settings["name"])
+        if other is not None and other.id != row.id:
+            raise AdminError(f"IMAP account {settings['name']!r} already exists", field="name")
+        return row, _department(s, department, settings["email"])
+
+    row, (department_id, department_name) = await db.run(resolve)
+    _risks(settings, warn)
+    if password is not None and not password.reveal():
+        raise AdminError("the password is empty; nothing changed", field="password")
+    key = secret = None
+    if password is not None or check:  # a kept password is only opened to test it
+        try:
+            key = load_key(bridge_config, create=password is not None)
+            secret = password or decrypt(key, row.password_encrypted, row.name)
+        except BridgeKeyError as e:
+            raise AdminError(str(e)) from None
+    account = Account(id=row.id, password=secret or Secret(""), department=department_name, enabled=row.enabled,
+                      **settings)
+    report = None
+    if check:
+        try:
+            report = await probe(account, TEST_TIMEOUT)
+        except ImapError as e:
+            raise AdminError(f"imap test {account.name}: {e} (nothing changed)") from None
+    values = dict(settings, after=str(settings["after"]), department_id=department_id)
+
+    def save(s):
+        current = imap_store.account_by_id(s, row.id)
+        if current is None:
+            raise AdminError(f"no IMAP account {name!r}: removed meanwhile")
+        if any(getattr(current, f) != values[f] for f in _MAILBOX):
+            current.uidvalidity, current.last_uid, current.rescan_below = None, 0, 0
+        changes = []
+        for field, value in values.items():
+            column = _COLUMNS.get(field, field)
+            if getattr(current, column) != value:
+                if field == "department_id":
+                    changes.append(f"department {department_name if value else 'by address'}")
+                else:
+                    changes.append(f"{field} {getattr(current, column)} -> {value}")
+                setattr(current, column, value)
+        if password is not None:
+            current.password_encrypted = encrypt(key, password.reveal())
+            changes.append("password changed")
+        if changes:
+            audit.record(s, by, "imap.edit", current.name, "; ".join(changes))
+        return changes
+
+    try:
+        changes = await db.run(save, write=True)
+    except IntegrityError:
+        raise AdminError(f"IMAP account {settings['name']!r} already exists", field="name") from None
+    return Edited(account, report, changes)
+
+
 async def test(db, bridge_config, name: str) -> Tested:
     """Connect, log in and open the folder; changes nothing on the server."""
     row = await db.run(imap_store.account_by_name, name)
@@ -173,12 +267,25 @@ async def test(db, bridge_config, name: str) -> Tested:
         raise AdminError(f"imap test {account.name}: {e}") from None
 
 
+async def get(db, name: str) -> ImapAccount:
+    """One account with its department (never its password in clear)."""
+    row = await db.run(imap_store.account_by_name, name)
+    if row is None:
+        raise AdminError(f"no IMAP account {name!r} (see `ticketmail imap list`)")
+    return row
+
+
 async def list_all(db) -> list[Status]:
-    """Every account by name, with who syncs it."""
+    """Every account by name, with who syncs it and the last message it imported."""
 
     def collect(s):
         holders = imap_store.lease_holders(s) if not db.is_sqlite else {}
-        return [Status(a, holders[a.id][0] if a.id in holders else None) for a in imap_store.accounts(s)]
+        out = []
+        for a in imap_store.accounts(s):
+            last = imap_store.last_imported(s, f"imap:{a.name}")
+            out.append(Status(a, holders[a.id][0] if a.id in holders else None,
+                              last.subject if last else None, last.received_at if last else None))
+        return out
 
     return await db.run(collect)
 
