@@ -26,6 +26,7 @@ from bridge.responses import (  # noqa: F401 - ImapError and Mailbox are part of
     encode_mailbox,
     mask,
     parse_fetch,
+    parse_namespace,
     parse_search,
     parse_select,
     parse_status,
@@ -97,10 +98,11 @@ def tls_context(account: Account) -> ssl.SSLContext:
 
 
 class _Protocol(aioimaplib.IMAP4ClientProtocol):
-    def __init__(self, loop, conn_lost_cb, secrets, on_exists, on_bye, on_alert, on_error):
+    def __init__(self, loop, conn_lost_cb, secrets, on_exists, on_expunge, on_bye, on_alert, on_error):
         super().__init__(loop, conn_lost_cb)
         self._secrets = secrets  # the password's spellings, masked in every status line
-        self._on_exists, self._on_bye, self._on_alert, self._on_error = on_exists, on_bye, on_alert, on_error
+        self._on_exists, self._on_expunge = on_exists, on_expunge
+        self._on_bye, self._on_alert, self._on_error = on_bye, on_alert, on_error
 
     def data_received(self, d: bytes) -> None:
         # A response aioimaplib cannot follow would otherwise escape to asyncio's exception log (its
@@ -110,12 +112,41 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):
         except Exception as e:  # noqa: BLE001
             self._on_error(e)
 
+    def _handle_responses(self, data: bytes, line_handler, current_cmd=None) -> None:
+        """aioimaplib 2.0.3's own, as a loop: it called itself once per line, so a burst of untagged
+        responses in one read (another client expunging 1,500 messages) ended in RecursionError."""
+        while True:
+            if not data:
+                if self.pending_sync_command is not None:
+                    self.pending_sync_command.flush()
+                if current_cmd is not None and current_cmd.wait_data():
+                    raise aioimaplib.IncompleteRead(current_cmd)
+                return
+            if current_cmd is not None and current_cmd.wait_literal_data():
+                data = current_cmd.append_literal_data(data)
+                if current_cmd.wait_literal_data():
+                    raise aioimaplib.IncompleteRead(current_cmd)
+            line, separator, tail = data.partition(b"\r\n")
+            if not separator:
+                raise aioimaplib.IncompleteRead(current_cmd, data)
+            cmd = line_handler(line, current_cmd)
+            if begin_literal := aioimaplib.literal_data_re.match(line):
+                if cmd is None:
+                    cmd = aioimaplib.Command("NIL", "unused")
+                cmd.begin_literal_data(int(begin_literal.group("size")))
+                current_cmd = cmd
+            else:
+                current_cmd = cmd if cmd is not None and cmd.wait_data() else None
+            data = tail
+
     def _handle_line(self, line: bytes, current_cmd):
         # The one door for server lines (literals, i.e. the mail, bypass it and stay byte-exact).
         line = redact_status(line, self._secrets)
         if line.startswith(b"* "):
             if line.endswith(b" EXISTS"):
                 self._on_exists()
+            elif line.endswith(b" EXPUNGE"):
+                self._on_expunge()
             elif line.startswith(b"* BYE"):
                 self._on_bye(line[5:].strip().decode(errors="replace"))
             elif line.startswith((b"* NO", b"* BAD")):
@@ -154,6 +185,9 @@ class Connection:
         self.account = account
         self.timeout = timeout
         self.news = asyncio.Event()  # set whenever the server reports EXISTS: there may be new mail
+        # Set by EXPUNGE: the selection changed. Cyrus announces a deleted folder with nothing else (no NO,
+        # no BYE, as Dovecot sends), so the folder is looked at again (SELECT) after one.
+        self.changed = asyncio.Event()
         self.tls = ""
         self._lost = asyncio.Event()
         self._bye = ""
@@ -178,7 +212,8 @@ class Connection:
     async def _open(self) -> None:
         account = self.account
         context = tls_context(account) if account.security in ("tls", "starttls") else None
-        hooks = (self._on_lost, spellings(account), self.news.set, self._on_bye, self._on_alert, self._on_error)
+        hooks = (self._on_lost, spellings(account), self.news.set, self.changed.set, self._on_bye, self._on_alert,
+                 self._on_error)
         self._client = _Client(account.server, account.port, self.timeout,
                                context if account.security == "tls" else None, hooks)
         try:
@@ -305,9 +340,25 @@ class Connection:
         if response.result != "OK":
             text = _text(response)
             if "NONEXISTENT" in text or "exist" in text.lower():
-                raise ImapError(f"folder {folder!r} does not exist on {self.account.where()}")
+                raise ImapError(await self.missing_folder(folder))
             raise ImapError(f"cannot open folder {folder!r}: {text}")
         return parse_select(response.lines)
+
+    async def missing_folder(self, folder: str, role: str = "") -> str:
+        """The sentence for a folder that does not exist, with the name it may have here: servers whose
+        personal folders live under a prefix (Cyrus, Courier: "INBOX.") say so in NAMESPACE."""
+        sentence = f"folder {folder!r}{role} does not exist on {self.account.where()}"
+        namespace = None
+        if "NAMESPACE" in self.capabilities:
+            response = await self._call(self._client.namespace(), "NAMESPACE")
+            namespace = parse_namespace(response.lines) if response.result == "OK" else None
+        if not namespace or not namespace[0] or folder.upper().startswith(namespace[0].upper()):
+            return sentence
+        prefix, separator = namespace
+        candidate = prefix + (folder.replace("/", separator) if separator else folder)
+        known = await self.status(candidate) is not None
+        return (f"{sentence}; personal folders on this server are under {prefix!r} (hierarchy separator "
+                f"{separator!r}): " + (f"did you mean {candidate!r}?" if known else f"e.g. {candidate!r}"))
 
     async def examine(self, folder: str) -> Mailbox:
         """Open read-only (for `imap test`): proves the folder can be opened and changes nothing."""
@@ -376,7 +427,8 @@ class Connection:
             self._warned_no_uidplus = True
 
     async def wait_for_news(self, seconds: float) -> bool:
-        """Wait in IDLE until the server reports new mail (True) or `seconds` pass (False).
+        """Wait in IDLE until the server reports new mail (True), or the selection changed (EXPUNGE) or
+        `seconds` pass (False: the caller looks at the folder again).
 
         Raises ImapError when the connection ends or the server reports a problem during IDLE (Dovecot
         says `* NO` when our folder is deleted): only a new SELECT can tell what the folder is now."""
@@ -384,8 +436,9 @@ class Connection:
             return True
         client = self._client
         self._alert.clear()
+        self.changed.clear()
         idle = await self._call(client.idle_start(timeout=seconds + self.timeout), "IDLE")
-        waiters = [asyncio.ensure_future(e.wait()) for e in (self.news, self._lost, self._alert)]
+        waiters = [asyncio.ensure_future(e.wait()) for e in (self.news, self.changed, self._lost, self._alert)]
         try:
             await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -46,14 +46,13 @@ async def probe(account: Account, timeout: float = 20.0) -> Report:
     try:
         status = await conn.status(account.folder)
         if status is None:
-            raise ImapError(f"folder {account.folder!r} does not exist on {account.where()}")
+            raise ImapError(await conn.missing_folder(account.folder))
         mailbox = await conn.examine(account.folder)
         after_exists = None
         if account.after.kind == "move":
             after_exists = await conn.status(account.after.folder) is not None
             if not after_exists:
-                raise ImapError(f"folder {account.after.folder!r} for the after-action move:{account.after.folder} "
-                                f"does not exist on {account.where()}")
+                raise ImapError(await conn.missing_folder(account.after.folder, " for the after-action"))
         caps = conn.capabilities
         return Report(tls=conn.tls, capabilities={c: c in caps for c in INTERESTING},
                       messages=status.get("MESSAGES", mailbox.exists), unseen=status.get("UNSEEN"),

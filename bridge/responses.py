@@ -166,3 +166,16 @@ def parse_status(lines: list) -> dict[str, int]:
             return {tokens[i].decode().upper(): int(tokens[i + 1]) for i in range(0, len(tokens) - 1, 2)
                     if tokens[i + 1].isdigit()}
     return {}
+
+
+_NAMESPACE = re.compile(rb'(?:\* )?(?:NAMESPACE )?\(\("((?:[^"\\]|\\.)*)" (?:"((?:[^"\\]|\\.)*)"|NIL)\)')
+
+
+def parse_namespace(lines: list) -> tuple[str, str] | None:
+    """The first personal namespace of a NAMESPACE response (RFC 2342): (prefix, hierarchy separator)."""
+    for line in lines:
+        if isinstance(line, bytes) and (found := _NAMESPACE.match(line)):  # aioimaplib drops "* NAMESPACE "
+            prefix, separator = (re.sub(rb"\\(.)", rb"\1", part or b"").decode(errors="replace")
+                                 for part in found.groups())
+            return prefix, separator
+    return None

@@ -35,7 +35,10 @@ NO_UIDNEXT = 2**32  # beyond any UID: after a UIDVALIDITY change without UIDNEXT
 class Options:
     timeout: float = 60.0  # every IMAP call (FETCH: without data for this long)
     batch: int = 100  # UIDs per UID FETCH: aioimaplib holds a whole response in memory
-    idle_seconds: float = 25 * 60  # re-issue IDLE before servers drop it at 30 minutes
+    # IDLE is ended and the folder looked at again (SELECT: its UIDVALIDITY, whether it still exists) this
+    # often, and after any EXPUNGE: a server may not say that the folder was deleted and made anew (Cyrus).
+    # Well below the 30 minutes after which servers may drop an IDLE.
+    idle_seconds: float = 120.0
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
 
@@ -135,7 +138,8 @@ class AccountSync:
                 continue
             if not idle:
                 await conn.wait_polling(account.poll_seconds)
-            # A quiet while (IDLE renewal, or a poll): SELECT again, which also shows a changed UIDVALIDITY.
+            # A quiet while (IDLE renewal, an EXPUNGE, or a poll): SELECT again, which also shows a changed
+            # UIDVALIDITY, or fails if the folder is gone.
             mailbox = await conn.select(account.folder)
             if mailbox.uidvalidity != uidvalidity:
                 uidvalidity, last_uid, rescan_below = await self._reconcile(mailbox)

@@ -54,7 +54,7 @@ def _live_in_group(pgid: int) -> bool:
 class Dovecot:
     """One Dovecot instance; `start()`/`stop()`/`kill()`, users and mail via IMAP (imaplib)."""
 
-    def __init__(self, users: dict[str, str], capabilities: str = "", root: Path | None = None):
+    def __init__(self, users: dict[str, str], capabilities: str = "", root: Path | None = None, conf: str = ""):
         if DOVECOT is None:
             raise RuntimeError("dovecot is not installed (Debian: apt-get install dovecot-imapd)")
         # Not under pytest's 0700 tmp dirs: Dovecot's unprivileged processes must reach the mail.
@@ -62,6 +62,7 @@ class Dovecot:
         self.root.chmod(0o755)
         self.users = users
         self.capabilities = capabilities  # imap_capability override, e.g. to hide IDLE and MOVE
+        self.conf = conf  # more configuration, e.g. a namespace
         self.host = "127.0.0.1"
         self.port = free_port()
         self.tls_port = free_port()
@@ -139,7 +140,7 @@ service imap-login {{
     ssl = yes
   }}
 }}
-""")
+{self.conf}""")
 
     # --- process ---
 

@@ -9,6 +9,8 @@ import logging
 
 from sqlalchemy import select
 
+from bridge.accounts import Account, AfterAction, Secret
+from bridge.imap import Connection
 from bridge.sync import Options
 from storage import imap_store
 from storage.models import ImapAccount, Message
@@ -396,3 +398,75 @@ async def test_disable_stops_and_enable_resumes_the_sync(dovecot, add_account, r
     assert (await counts(db)) == (2, 2)
     code, out, _ = await cli("imap", "remove", "support")
     assert code == 0 and await imap_list(cli) == []
+
+
+def _fill(dovecot, user: str, count: int) -> None:
+    """`count` messages in INBOX in a few commands: one APPEND, then COPY doubling them."""
+    dovecot.append(user, mails(1, "many"))
+    with dovecot.client(user) as c:
+        c.select("INBOX")
+        have = 1
+        while have < count:
+            typ, data = c.copy(f"1:{min(have, count - have)}", "INBOX")
+            assert typ == "OK", data
+            have += min(have, count - have)
+
+
+def _expunge_all(dovecot, user: str) -> None:
+    with dovecot.client(user) as c:
+        c.select("INBOX")
+        assert c.store("1:*", "+FLAGS", r"(\Deleted)")[0] == "OK"
+        assert c.expunge()[0] == "OK"
+
+
+def _plain_account(dovecot, user="support") -> Account:
+    return Account(id=1, name=user, email=f"{user}@xyzhosting.com", server=dovecot.host, port=dovecot.port,
+                   security="none", username=user, password=Secret(USERS[user]), folder="INBOX",
+                   after=AfterAction("seen"), department=None, poll_seconds=60, ca_file="", verify_tls=True,
+                   enabled=True)
+
+
+async def test_another_client_expunging_thousands_during_idle_ends_the_wait_not_the_connection(dovecot, caplog):
+    """Each expunged message is one `* N EXPUNGE` line; aioimaplib 2.0.3 recursed once per line of a read
+    and failed with RecursionError. An EXPUNGE also means the selection changed: the wait ends (False) so
+    that the caller looks at the folder again (Cyrus says nothing else when the folder is deleted)."""
+    caplog.set_level(logging.DEBUG, logger="aioimaplib")
+    await asyncio.to_thread(_fill, dovecot, "support", 4000)
+    conn = await Connection.open(_plain_account(dovecot), 10)
+    try:
+        assert (await conn.select("INBOX")).exists == 4000
+        conn.news.clear()  # SELECT's EXISTS; the sync loop clears it before each pass likewise
+        waiting = asyncio.create_task(conn.wait_for_news(60))
+
+        async def idling():
+            return "assuming IDLE is active" in caplog.text
+
+        await wait_until(idling, 10, "the connection to wait in IDLE")
+        await asyncio.to_thread(_expunge_all, dovecot, "support")
+        assert await asyncio.wait_for(waiting, 20) is False  # changed, no new mail: well before the 60 s
+        assert (await conn.select("INBOX")).exists == 0  # the same connection, still good
+    finally:
+        await conn.close()
+
+
+# Personal folders under "INBOX." with "." between levels, as Cyrus and Courier keep them.
+INBOX_PREFIX = "namespace inbox {\n  inbox = yes\n  prefix = INBOX.\n  separator = .\n}\n"
+
+
+async def test_a_folder_missing_its_namespace_prefix_is_refused_with_the_name_it_has(add_account, cli, tmp_path):
+    require_dovecot()
+    server = Dovecot(USERS, conf=INBOX_PREFIX).start()
+    try:
+        await asyncio.to_thread(server.create_folder, "support", "INBOX.Support")
+        code, _, err = await add_account(server, "support", "--folder", "Support")
+        assert code == 1 and err.count("\n") == 1, err
+        assert "folder 'Support' does not exist on 127.0.0.1:" in err
+        assert "personal folders on this server are under 'INBOX.' (hierarchy separator '.'): did you mean " \
+               "'INBOX.Support'?" in err
+        code, _, err = await add_account(server, "support", "--after", "move:Done/Old")
+        assert code == 1 and "folder 'Done/Old' for the after-action does not exist" in err
+        assert "e.g. 'INBOX.Done.Old'" in err  # it does not exist under the prefix either: the spelling only
+        code, out, err = await add_account(server, "support", "--folder", "INBOX.Support")
+        assert code == 0, err
+    finally:
+        server.cleanup()

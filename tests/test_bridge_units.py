@@ -24,6 +24,7 @@ from bridge.responses import (
     ImapError,
     encode_mailbox,
     parse_fetch,
+    parse_namespace,
     parse_search,
     parse_select,
     parse_status,
@@ -70,6 +71,29 @@ def test_parse_fetch_pairs_uids_with_literals_and_skips_flag_updates():
              b"3 FETCH (BODY[] {3}", bytearray(b"abc"), b" UID 13)",  # UID after the literal
              b"Fetch completed"]
     assert parse_fetch(lines) == [(11, b"hello"), (13, b"abc")]
+
+
+def test_parse_namespace_reads_the_first_personal_prefix_and_separator():
+    assert parse_namespace([b'(("INBOX." ".")) NIL NIL', b"Namespace completed"]) == ("INBOX.", ".")  # aioimaplib
+    assert parse_namespace([b'* NAMESPACE (("" "/")("#shared/" "/")) NIL NIL']) == ("", "/")
+    assert parse_namespace([b'NAMESPACE (("" NIL)) NIL NIL']) == ("", "")  # a flat server
+    assert parse_namespace([b"NAMESPACE NIL NIL NIL"]) is None
+
+
+def test_a_burst_of_untagged_lines_in_one_read_is_handled_without_recursion():
+    """aioimaplib 2.0.3 handled each line of a read by calling itself: thousands failed with RecursionError."""
+    import asyncio
+
+    import aioimaplib
+
+    from bridge.imap import _Protocol
+
+    seen, errors = [], []
+    protocol = _Protocol(asyncio.new_event_loop(), None, (), lambda: seen.append("exists"),
+                         lambda: seen.append("expunge"), None, None, errors.append)
+    protocol.state = aioimaplib.SELECTED
+    protocol.data_received(b"".join(b"* %d EXPUNGE\r\n" % n for n in range(5000, 0, -1)) + b"* 1 EXISTS\r\n")
+    assert errors == [] and seen == ["expunge"] * 5000 + ["exists"]
 
 
 def test_parse_status():
