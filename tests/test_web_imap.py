@@ -105,7 +105,8 @@ async def test_csrf_is_checked_on_every_post(panel, support):
     await add(panel)
     token = await form_token(panel, "/admin/imap-accounts")
     for path in POSTS:
-        for data, headers in (({}, {}), ({"csrf": "x" * 32}, {}), ({"csrf": token}, {"Origin": "https://evil.example"})):
+        for data, headers in (({}, {}), ({"csrf": "x" * 32}, {}),
+                              ({"csrf": token}, {"Origin": "https://evil.example"})):
             async with panel.post(path, data=EDIT | {"server": "other.example.net"} | data, headers=headers,
                                   allow_redirects=False) as response:
                 assert response.status == 403, (path, data, headers)
@@ -179,8 +180,8 @@ async def test_edit_keeps_the_password_when_blank_and_changes_it_when_given(pane
     assert (account.server, account.after_action, account.enabled) == ("mail.example.net", "delete", True)
     assert password_of(panel, account) == "s3cret-pass"
     listed = await page(panel, "/admin/imap-accounts")
-    assert "IMAP account support-inbox saved: server imap.example.net -&gt; mail.example.net; after seen -&gt; delete." \
-        in listed
+    assert ("IMAP account support-inbox saved: server imap.example.net -&gt; mail.example.net; "
+            "after seen -&gt; delete.") in listed
 
     async with panel.post(f"{ACCOUNT}/edit", data=EDIT | {"csrf": token, "server": "mail.example.net",
                           "password": "new-pass", "confirm": "not the same"}) as response:
@@ -254,7 +255,8 @@ async def test_disable_enable_and_remove(panel, db, support, pipeline):
         assert response.status == 303
     assert await row(panel) is None
     listed = await page(panel, "/admin/imap-accounts")
-    assert "IMAP account support-inbox removed. The mail it imported stays" in listed and "No IMAP accounts yet." in listed
+    assert "IMAP account support-inbox removed. The mail it imported stays" in listed
+    assert "No IMAP accounts yet." in listed
     assert [a for a, _, _ in await actions(panel)] == ["imap.add", "imap.disable", "imap.enable", "imap.remove"]
     assert (await db.run(imap_store.last_imported, "imap:support-inbox")).subject == "Imported before"
     async with panel.post(f"{ACCOUNT}/remove", data={"csrf": token}, allow_redirects=False) as response:
@@ -285,6 +287,12 @@ async def test_test_connection_against_dovecot_and_a_closed_port(panel, support,
         assert response.status == 400
         assert "folder &#39;Missing&#39; does not exist" in await response.text()
     assert (await row(panel)).folder == "INBOX"
+    async with panel.post(f"{ACCOUNT}/edit", data=EDIT | {
+            "csrf": token, "server": "127.0.0.1", "port": str(dovecot.tls_port), "user": "support",
+            "ca_file": str(dovecot.ca_file), "poll_seconds": "30", "no_test": ""}, allow_redirects=False) as response:
+        assert response.status == 303
+    listed = await page(panel, "/admin/imap-accounts")
+    assert "logged in as support" in listed and "IMAP account support-inbox saved: poll_seconds 60 -&gt; 30." in listed
 
     closed = free_port()
     await add(panel, name="closed", server="127.0.0.1", port=str(closed), security="none")
@@ -328,3 +336,18 @@ async def test_hostile_names_servers_errors_and_subjects_are_escaped(panel, db, 
     await db.run(rename, write=True)
     listed = await page(panel, "/admin/imap-accounts")
     assert "<script>" not in listed and 'href="imap-accounts/%3Cscript%3Ealert%281%29%3C/script%3E/edit"' in listed
+
+
+async def test_pointing_an_account_at_other_mail_starts_its_checkpoint_again(panel, db, support):
+    await signed_in(panel)
+    await add(panel)
+    account = await row(panel)
+    await db.run(imap_store.start_uidvalidity, account.id, 7, 0, write=True)
+    await db.run(imap_store.advance, account.id, 7, 42, 0, write=True)
+    token = await form_token(panel, f"{ACCOUNT}/edit")
+    for change, checkpoint in (({"poll_seconds": "30"}, (7, 42, 0)),  # the same mailbox: carries on
+                               ({"poll_seconds": "30", "folder": "Support"}, (None, 0, 0))):
+        async with panel.post(f"{ACCOUNT}/edit", data=EDIT | {"csrf": token} | change,
+                              allow_redirects=False) as response:
+            assert response.status == 303
+        assert await db.run(imap_store.checkpoint, account.id) == checkpoint, change
