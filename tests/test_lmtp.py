@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 from sqlalchemy import func, select, text
 
-from ingest.lmtp import SHUTTING_DOWN, TEMPFAIL
+from ingest.lmtp import SHUTTING_DOWN, TEMPFAIL, LMTPListener
 from storage.models import Event, Message, Ticket
 from tests import statuscodes as codes
 from tests.conftest import deliver, one_database
@@ -226,3 +227,20 @@ async def test_raw_session_empty_data_and_pipelined_quit(cli, lmtp):
     await reply()
     writer.close()
     assert replies == [codes.READY, codes.OK, codes.OK, codes.OK, codes.START_DATA, codes.OK, codes.CLOSING]
+
+
+@one_database
+async def test_the_greeting_names_this_host_or_the_configured_name(pipeline):
+    """`220 <host> ticketmail LMTP`: the host's name by default ([lmtp] hostname overrides), as MTAs log it."""
+
+    def greeting(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            return s.makefile("rb").readline()
+
+    for configured, shown in (("", socket.getfqdn()), ("mx.xyzhosting.com", "mx.xyzhosting.com")):
+        listener = LMTPListener(pipeline, host="127.0.0.1", port=0, hostname=configured)
+        await listener.start()
+        try:
+            assert await asyncio.to_thread(greeting, listener.port) == f"220 {shown} ticketmail LMTP\r\n".encode()
+        finally:
+            await listener.stop(grace=1)
