@@ -162,8 +162,12 @@ async def test_the_list_shows_state_last_message_and_who_syncs(panel, db, suppor
     assert f"last error at {now}" in listed and "connection to imap.example.net:993 timed out" in listed
     assert "Printer on fire" in listed and "Older one" not in listed and "Came by LMTP" not in listed
     assert ("SQLite: one process" in listed) == db.is_sqlite
-    if not db.is_sqlite:
+    if not db.is_sqlite:  # PostgreSQL: the `serve` process holding the account's lease
         assert "no <code>ticketmail serve</code> process syncs it now" in listed
+        assert await db.run(imap_store.take_lease, account.id, "web1:4242:abc", 60, write=True)
+        assert "synced by web1:4242:abc</span>" in await page(panel, "/admin/imap-accounts")
+        assert await db.run(imap_store.take_lease, account.id, "web1:4242:abc", -1, write=True)
+        assert "last synced by web1:4242:abc, whose lease has expired" in await page(panel, "/admin/imap-accounts")
 
 
 async def test_edit_keeps_the_password_when_blank_and_changes_it_when_given(panel, support):

@@ -28,7 +28,7 @@ from bridge.imap import ImapError
 from bridge.probe import Report, probe
 from ingest import directory
 from storage import imap_store, store
-from storage.models import ImapAccount
+from storage.models import ImapAccount, utcnow
 from ticketmail.admin import audit
 from ticketmail.admin.addresses import address
 from ticketmail.admin.errors import AdminError
@@ -59,6 +59,7 @@ class Status:
     synced_by: str | None  # the `serve` process holding its lease (PostgreSQL only)
     last_subject: str | None = None  # the newest message imported from it: its subject and when
     last_imported_at: datetime | None = None
+    lease_expired: bool = False  # synced_by stopped renewing: that process is gone or cut off
 
 
 def _settings(name, email, server, port, security, user, folder, after, poll_seconds, ca_file, verify_tls,
@@ -283,8 +284,9 @@ async def list_all(db) -> list[Status]:
         out = []
         for a in imap_store.accounts(s):
             last = imap_store.last_imported(s, f"imap:{a.name}")
-            out.append(Status(a, holders[a.id][0] if a.id in holders else None,
-                              last.subject if last else None, last.received_at if last else None))
+            holder, expires = holders.get(a.id, (None, None))
+            out.append(Status(a, holder, last.subject if last else None, last.received_at if last else None,
+                              expires is not None and expires < utcnow()))
         return out
 
     return await db.run(collect)
