@@ -6,6 +6,9 @@ one fsync. The writer (ingest/writer.py) is a child process fed over a pipe: its
 on the second core instead of taking turns with the LMTP sessions for this interpreter's lock
 (measured in bench/: see README, Performance). Tests of what the pipeline decides may run the same
 writer on this loop instead (`in_process=True`).
+
+Every delivery, stored or not, ends with one log line here (logger ticketmail.delivery), and is
+counted by the optional `metrics` (web/metrics.py): this is where this process sees each outcome.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import sys
+import time
 
 from ingest import writer_pipe
 from ingest.delivery import Delivery, Outcome
@@ -23,6 +28,7 @@ from ingest.writer import InProcessWriter
 from storage.database import Database
 
 log = logging.getLogger(__name__)
+delivery_log = logging.getLogger("ticketmail.delivery")
 
 
 class StorageError(RuntimeError):
@@ -66,9 +72,10 @@ class WriterProcess:
 
 class Pipeline:
     def __init__(self, db: Database, ticket_prefix: str = "Ticket", challenge=None, *, in_process: bool = False,
-                 resubmission_days: int = 7):
+                 resubmission_days: int = 7, metrics=None):
         """in_process: the writer runs on this loop instead of in a process of its own (tests of what
-        the pipeline decides; `serve` keeps the process)."""
+        the pipeline decides; `serve` keeps the process). metrics: counts each delivery and commit
+        (web/metrics.Metrics), or None."""
         self.db = db  # for reads on the caller's loop
         self.ticket_prefix = ticket_prefix
         self.challenge = challenge  # ingest.challenges.ChallengeSettings; None: the defaults
@@ -80,7 +87,9 @@ class Pipeline:
         self._waiting: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self.failed = asyncio.Event()  # the writer died: nothing can be stored any more
+        self.died = ""  # how it died
         self._stopping = False
+        self.metrics = metrics
 
     async def start(self) -> None:
         await self.db.run(self._directory.current)
@@ -96,6 +105,14 @@ class Pipeline:
             await self._writer.stop()
             await self._answers
             self._running = False
+
+    def trouble(self) -> str:
+        """Why nothing can be delivered now ("" while the writer runs): for the health check."""
+        if self.failed.is_set():
+            return f"the writer {self.died}"
+        if not self._running:
+            return "not started"
+        return "stopping" if self._stopping else ""
 
     @property
     def directory(self) -> Directory:
@@ -115,6 +132,16 @@ class Pipeline:
         """Store and process one delivery; returns once committed. Raises if it could not be stored.
 
         Without `parsed`, the writer parses the message."""
+        started = time.monotonic()
+        try:
+            outcome = await self._deliver(delivery, parsed)
+        except Exception as e:
+            self._delivered(delivery, parsed, e, time.monotonic() - started)
+            raise
+        self._delivered(delivery, parsed, outcome, time.monotonic() - started)
+        return outcome
+
+    async def _deliver(self, delivery: Delivery, parsed: ParsedMessage | None) -> Outcome:
         if self.failed.is_set():
             raise StorageError("the writer is not running")
         job_id = next(self._ids)
@@ -123,9 +150,30 @@ class Pipeline:
         await asyncio.shield(self._writer.send(writer_pipe.Job(job_id, delivery, parsed)))
         return await answer
 
+    def _delivered(self, d: Delivery, parsed: ParsedMessage | None, result: Outcome | Exception,
+                   seconds: float) -> None:
+        """The delivery's log line and its count. Every value from the mail is escaped by the log's
+        formatter (ingest/logs.py), never pasted into the line's text."""
+        stored = isinstance(result, Outcome)
+        fields = {
+            "source": d.source,
+            "message_id": parsed.message_id if parsed else message_id_of(d.raw),
+            "sender": d.sender,
+            "recipient": d.recipient,
+            "outcome": outcome_name(result),
+            "ticket": result.ticket if stored else None,
+            "reason": result.reason if stored else f"not stored: {result}",
+            "ms": round(seconds * 1000, 1),
+        }
+        delivery_log.info("delivery", extra={"fields": fields})
+        if self.metrics:
+            self.metrics.delivered(d.source, fields["outcome"], seconds, result.reason if stored else "")
+
     async def _read_answers(self) -> None:
         try:
             while (answers := await self._writer.answers()) is not None:
+                if self.metrics:
+                    self.metrics.committed(len(answers.answers))
                 for a in answers.answers:
                     answer = self._waiting.pop(a.job_id)
                     if answer.done():
@@ -135,10 +183,37 @@ class Pipeline:
                     else:
                         answer.set_exception(StorageError(a.error))
             if not self._stopping:
-                log.critical("the pipeline's writer %s", await self._writer.ended())
+                self.died = await self._writer.ended()
+                log.critical("the pipeline's writer %s", self.died)
                 self.failed.set()
         finally:
             for answer in self._waiting.values():
                 if not answer.done():
                     answer.set_exception(StorageError("the writer stopped"))
             self._waiting.clear()
+
+
+def outcome_name(result: Outcome | BaseException) -> str:
+    """What happened, in one word: the message's status, `duplicate` (the same delivery again),
+    `resubmitted` (the same message again, ingest/resubmission.py), or `error` (not stored: retried)."""
+    if not isinstance(result, Outcome):
+        return "error"
+    if result.duplicate:
+        return "duplicate" if result.reason == "already delivered" else "resubmitted"
+    return result.status
+
+
+_MESSAGE_ID = re.compile(rb"^message-id[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+def message_id_of(raw: bytes) -> str | None:
+    """The Message-ID of a message nobody has parsed here (the writer parses large ones and IMAP's),
+    read from its header section alone: for the log line, not for any decision."""
+    end = raw.find(b"\n\r\n", 0, 65536)
+    if end < 0:
+        end = raw.find(b"\n\n", 0, 65536)
+    head = raw[:65536] if end < 0 else raw[: end + 1]
+    found = _MESSAGE_ID.search(head)
+    if not found:
+        return None
+    return re.sub(r"\s+", " ", found.group(1).decode("utf-8", "replace")).strip()[:998] or None

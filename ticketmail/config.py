@@ -69,6 +69,18 @@ class Bridge:
 
 
 @dataclass
+class Metrics:
+    enabled: bool = False  # /metrics (Prometheus) on a listener of its own, never on the web port
+    host: str = "127.0.0.1"
+    port: int = 9465
+
+
+@dataclass
+class Log:
+    format: str = "text"  # text | json (one JSON object per line)
+
+
+@dataclass
 class Config:
     database_url: str = "sqlite+aiosqlite:///var/ticketmail.db"
     ticket_prefix: str = "Ticket"
@@ -78,6 +90,8 @@ class Config:
     smtp: SMTP = field(default_factory=SMTP)
     challenge: Challenge = field(default_factory=Challenge)
     bridge: Bridge = field(default_factory=Bridge)
+    metrics: Metrics = field(default_factory=Metrics)
+    log: Log = field(default_factory=Log)
 
 
 def _coerce(key: str, value, default):
@@ -155,7 +169,8 @@ def load(path: str | None = None, env: dict | None = None) -> Config:
     _check_database_url(config.database_url)
     if config.resubmission_days < 0:
         raise ConfigError(f"resubmission_days: expected 0 or more, got {config.resubmission_days}")
-    for key, port in (("lmtp.port", config.lmtp.port), ("web.port", config.web.port), ("smtp.port", config.smtp.port)):
+    for key, port in (("lmtp.port", config.lmtp.port), ("web.port", config.web.port), ("smtp.port", config.smtp.port),
+                      ("metrics.port", config.metrics.port)):
         if not 0 <= port <= 65535:  # 0: any free port (tests)
             raise ConfigError(f"{key}: expected a port from 1 to 65535, got {port}")
     for key in ("token_days", "held_days"):
@@ -172,6 +187,11 @@ def load(path: str | None = None, env: dict | None = None) -> Config:
     if lmtp.max_inflight_bytes < lmtp.max_message_bytes:
         raise ConfigError(f"lmtp.max_inflight_bytes: expected at least lmtp.max_message_bytes "
                           f"({lmtp.max_message_bytes}), got {lmtp.max_inflight_bytes}")
+    if config.log.format not in ("text", "json"):
+        raise ConfigError(f"log.format: expected text or json, got {config.log.format!r}")
+    if config.metrics.enabled and config.metrics.port and config.metrics.port == config.web.port:
+        raise ConfigError(f"metrics.port: expected a port other than web.port ({config.web.port}): "
+                          "the metrics must not be served on the public web port")
     if config.bridge.lease_seconds < 3:
         raise ConfigError(f"bridge.lease_seconds: expected 3 or more, got {config.bridge.lease_seconds}")
     return config

@@ -25,14 +25,16 @@ from ingest.unix_socket import group_id
 from storage.database import Database
 from storage.files import warn_if_readable
 from ticketmail.config import Config, ConfigError
+from web import metrics as prometheus
 from web.app import Runner, create_app
+from web.views import SERVICES, Services
 
 log = logging.getLogger("ticketmail")
 
 
 async def serve(config: Config) -> int:
     """Serve until SIGTERM or SIGINT (0), or until the writer process dies (1)."""
-    repeated = logs.setup()  # an outage logs its error once, then a count a minute
+    repeated = logs.setup(config.log.format)  # an outage logs its error once, then a count a minute
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command at INFO
     logging.getLogger("alembic").setLevel(logging.WARNING)
     warn_if_readable(config.database_url, config.bridge.key_file)  # mail, the IMAP key: for us alone
@@ -48,13 +50,22 @@ async def serve(config: Config) -> int:
         await run(_running(OutboxSender(db, config.smtp)))  # challenge mail, sent after the pipeline's commit
         await run(_running(Sweeper(db, held_days=config.challenge.held_days, ticket_prefix=config.ticket_prefix,
                                    keep_for_review=config.challenge.keep_for_review, challenge=settings)))
+        metrics = prometheus.Metrics() if config.metrics.enabled else None
         pipeline = await run(_running(Pipeline(db, config.ticket_prefix, settings,
-                                                           resubmission_days=config.resubmission_days)))
+                                               resubmission_days=config.resubmission_days, metrics=metrics)))
+        services = Services("writer", "lmtp")  # what /healthz reports beside the database
+        services.watch("writer", pipeline.trouble)
         await run(_running(bridge, pipeline))  # IMAP accounts: one sync loop each
-        await run(_web_app(db, config))
+        await run(_web_app(db, config, services))
+        if metrics:
+            await run(_metrics(metrics, db, config))
         lmtp = await run(_lmtp(pipeline, config))
+        services.watch("lmtp", lambda: "shutting down" if lmtp.closing else "")
+        if metrics:
+            metrics.watch_lmtp(lmtp)
         where = config.lmtp.socket or f"{config.lmtp.host}:{lmtp.port}"
-        log.info("LMTP on %s, web on %s:%s; ready", where, config.web.host, config.web.port)
+        also = f", metrics on {config.metrics.host}:{config.metrics.port}" if metrics else ""
+        log.info("LMTP on %s, web on %s:%s%s; ready", where, config.web.host, config.web.port, also)
         await _until_stopped(stop, pipeline, repeated)
         log.info("shutting down: no new connections, finishing deliveries in progress")
     log.info("stopped")
@@ -104,14 +115,32 @@ async def _lmtp(pipeline: Pipeline, config: Config):
 
 
 @asynccontextmanager
-async def _web_app(db: Database, config: Config):
-    runner = Runner(create_app(db, config), access_log=None)  # our headers on aiohttp's own 400s too
+async def _web_app(db: Database, config: Config, services: Services):
+    app = create_app(db, config)
+    app[SERVICES] = services
+    runner = Runner(app, access_log=None)  # our headers on aiohttp's own 400s too
     await runner.setup()
     try:
         with _listening("the web app", f"{config.web.host}:{config.web.port}", "[web] host, port"):
             await web.TCPSite(runner, config.web.host, config.web.port).start()
         yield runner
     finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def _metrics(metrics: prometheus.Metrics, db: Database, config: Config):
+    """/metrics on a listener of its own ([metrics] host, port), never on the web app's."""
+    runner = web.AppRunner(prometheus.create_app(metrics, db), access_log=None)
+    await runner.setup()
+    metrics.count_logged_events()
+    try:
+        where = f"{config.metrics.host}:{config.metrics.port}"
+        with _listening("the metrics listener", where, "[metrics] host, port"):
+            await web.TCPSite(runner, config.metrics.host, config.metrics.port).start()
+        yield runner
+    finally:
+        metrics.stop_counting()
         await runner.cleanup()
 
 

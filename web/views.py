@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from functools import partial
 
 from aiohttp import web
@@ -11,10 +14,49 @@ from storage import health as database_health
 from web import csrf
 from web.keys import DB, PAGES, SITE
 
+log = logging.getLogger(__name__)
+DATABASE_SECONDS = 5.0  # a database that hangs is as down as one that refuses
+
+
+class Services:
+    """What `serve` tells the health check about the services beside the web app: for each, a function
+    saying why it cannot work ("" when it can). One expected but not registered yet is "not started"."""
+
+    def __init__(self, *expected: str):
+        self._checks: dict[str, Callable[[], str]] = {name: (lambda: "not started") for name in expected}
+
+    def watch(self, name: str, trouble: Callable[[], str]) -> None:
+        self._checks[name] = trouble
+
+    def states(self) -> dict[str, str]:
+        return {name: trouble() for name, trouble in self._checks.items()}
+
+
+SERVICES = web.AppKey("services", Services)
+
 
 async def health(request: web.Request) -> web.Response:
-    await request.app[DB].run(database_health.ping)
-    return web.json_response({"status": "ok"})
+    """200 when the database answers and every service serve runs is up, else 503; each component's
+    state either way. Public: no names but the IMAP accounts', no addresses, no secrets. An IMAP
+    account's error is shown, not counted as down: the rest of the mail still flows."""
+    db = request.app[DB]
+    components: dict[str, dict] = {}
+    try:
+        await asyncio.wait_for(db.run(database_health.ping), DATABASE_SECONDS)
+        imap = await asyncio.wait_for(db.run(database_health.imap_states), DATABASE_SECONDS)
+        components["database"] = {"ok": True}
+    except Exception as e:  # noqa: BLE001 - any failure is the answer; its details go to the log only
+        log.warning("health check: the database did not answer: %s", str(e).splitlines()[0] if str(e) else repr(e))
+        components["database"] = {"ok": False, "error": f"did not answer ({type(e).__name__})"}
+        imap = None
+    services = request.app.get(SERVICES)  # None: an app not run by serve (tests) knows only the database
+    for name, trouble in (services.states() if services else {}).items():
+        components[name] = {"ok": True} if not trouble else {"ok": False, "error": trouble}
+    components["web"] = {"ok": True}  # it answers this
+    failing = [name for name, state in components.items() if not state["ok"]]
+    body = {"status": "failing" if failing else "ok", "failing": failing, "components": components,
+            "imap_accounts": imap}
+    return web.json_response(body, status=503 if failing else 200)
 
 
 async def confirm_page(request: web.Request) -> web.Response:

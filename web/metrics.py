@@ -1,0 +1,166 @@
+"""`/metrics` in Prometheus format, on a listener of its own (`[metrics]`, off by default), never on the
+public web port: the counts say how much mail arrives and from which IMAP accounts.
+
+Counted in this process, where it sees each result: the pipeline reports every delivery's outcome and
+every writer commit (ingest/pipeline.py; the writer process counts nothing), the LMTP listener's open
+sessions are read at scrape time. What every process sharing the database should agree on (held mail,
+challenges by state) is read from the database at scrape time. Everything lives in a registry of its
+own, so each `Metrics` (each test) starts from zero.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from storage import health
+
+log = logging.getLogger(__name__)
+
+# The held reasons of ingest/chain.py's challenge steps, by the words each begins with: why no
+# challenge mail went out for a held message ("sent": it did).
+CHALLENGE_DECISIONS = (
+    ("held without a challenge", "suppressed"),  # automatic mail, robots, our own mail, spam
+    ("held for review, no challenge", "unauthenticated"),
+    ("challenged once the budget allows", "rate_cap"),
+    ("waits for the challenge sent", "joined"),
+    ("no address of its own", "no_address"),
+    ("challenges unknown senders", "sent"),
+)
+
+
+def challenge_decision(reason: str) -> str | None:
+    """What the challenge steps decided for a held message, from its reason; None: not theirs."""
+    return next((decision for words, decision in CHALLENGE_DECISIONS if words in reason), None)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = r = CollectorRegistry()
+        self.received = Counter("ticketmail_messages_received", "Deliveries by source and outcome",
+                                ["source", "outcome"], registry=r)
+        self.latency = Histogram("ticketmail_delivery_seconds", "From the pipeline's entry to the commit",
+                                 ["source"], registry=r,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.group_size = Histogram("ticketmail_writer_group_size", "Deliveries committed together",
+                                    registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.challenges_sent = Counter("ticketmail_challenges_sent", "Held messages that got a challenge mail",
+                                       registry=r)
+        self.challenges_suppressed = Counter("ticketmail_challenges_suppressed",
+                                             "Held messages that got no challenge mail, by reason",
+                                             ["reason"], registry=r)
+        self.lmtp_open = Gauge("ticketmail_lmtp_sessions_open", "LMTP connections open", registry=r)
+        self.lmtp_refused = Counter("ticketmail_lmtp_sessions_refused", "LMTP connections refused at the greeting",
+                                    registry=r)
+        self.imap_errors = Counter("ticketmail_imap_errors", "IMAP sync errors by account", ["account"],
+                                   registry=r)
+        self.imap_reconnects = Counter("ticketmail_imap_reconnects", "IMAP reconnections by account",
+                                       ["account"], registry=r)
+        self.held = Gauge("ticketmail_held_messages", "Messages held (read from the database)", registry=r)
+        self.challenges = Gauge("ticketmail_challenges", "Challenges by state (read from the database)",
+                                ["state"], registry=r)
+        self.challenge_mails = Gauge("ticketmail_challenge_mails", "Challenge mails by state: pending, sent, "
+                                     "failed (read from the database)", ["state"], registry=r)
+        self.database_up = Gauge("ticketmail_database_up", "1 if the database answered this scrape", registry=r)
+        self._counting = _LogCounter(self)
+
+    # --- what the pipeline reports (ingest/pipeline.py) ---
+
+    def delivered(self, source: str, outcome: str, seconds: float, reason: str) -> None:
+        source = "imap" if source.startswith("imap:") else source  # the account: in the log line
+        self.received.labels(source, outcome).inc()
+        self.latency.labels(source).observe(seconds)
+        decision = challenge_decision(reason) if outcome == "held" else None
+        if decision == "sent":
+            self.challenges_sent.inc()
+        elif decision:
+            self.challenges_suppressed.labels(decision).inc()
+
+    def committed(self, size: int) -> None:
+        self.group_size.observe(size)
+
+    # --- the listeners ---
+
+    def watch_lmtp(self, listener) -> None:
+        """Open sessions read from the listener at scrape time (ingest/lmtp.LMTPListener)."""
+        self.lmtp_open.set_function(lambda: len(listener.sessions))
+
+    def count_logged_events(self) -> None:
+        self._counting.install()
+
+    def stop_counting(self) -> None:
+        self._counting.remove()
+
+    async def scrape(self, db) -> bytes:
+        try:
+            counts = await db.run(health.gauges)
+        except Exception as e:  # noqa: BLE001 - the rest is still worth scraping
+            log.warning("metrics: the database did not answer: %s", str(e).splitlines()[0] if str(e) else e)
+            self.database_up.set(0)
+        else:
+            self.database_up.set(1)
+            self.held.set(counts["held"])
+            for gauge, states, by_state in ((self.challenges, CHALLENGE_STATES, counts["challenges"]),
+                                            (self.challenge_mails, MAIL_STATES, counts["challenge_mails"])):
+                for state in (*states, *(set(by_state) - set(states))):  # every state, 0 when none
+                    gauge.labels(state).set(by_state.get(state, 0))
+        return generate_latest(self.registry)
+
+
+CHALLENGE_STATES = ("open", "confirmed", "expired", "closed")  # storage/models.Challenge.state
+MAIL_STATES = ("pending", "sent", "failed")  # storage/models.Outbox.state
+
+
+class _LogCounter(logging.Filter):
+    """Counts the events the LMTP listener and the IMAP sync only log (a refused connection, a
+    reconnect), by the log call that reports each: a filter on their loggers, passing every record.
+    tests/test_health_metrics.py tells if one of those calls changes."""
+
+    EVENTS = {
+        ("ingest.lmtp", "refusing an LMTP connection: %d sessions open"): "refused",
+        ("bridge.sync", "imap %s: %s; reconnecting in %.1f s"): "reconnect",
+        ("bridge.supervisor", "imap %s: not synced: %s"): "error",
+    }
+
+    def __init__(self, metrics: Metrics):
+        super().__init__()
+        self.metrics = metrics
+
+    def install(self) -> None:
+        for name in {name for name, _ in self.EVENTS}:
+            logging.getLogger(name).addFilter(self)
+
+    def remove(self) -> None:
+        for name in {name for name, _ in self.EVENTS}:
+            logging.getLogger(name).removeFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        event = self.EVENTS.get((record.name, record.msg))
+        if event == "refused":
+            self.metrics.lmtp_refused.inc()
+        elif event:
+            account = str(record.args[0]) if record.args else ""
+            self.metrics.imap_errors.labels(account).inc()
+            if event == "reconnect":
+                self.metrics.imap_reconnects.labels(account).inc()
+        return True
+
+
+METRICS = web.AppKey("metrics", Metrics)
+DB = web.AppKey("metrics_db", object)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = await request.app[METRICS].scrape(request.app[DB])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
+
+
+def create_app(metrics: Metrics, db) -> web.Application:
+    """The metrics listener's app: /metrics and nothing else."""
+    app = web.Application()
+    app[METRICS], app[DB] = metrics, db
+    app.router.add_get("/metrics", _metrics)
+    return app
+
