@@ -274,6 +274,11 @@ def parse_rules(text: str) -> list[Rule]:
 # --- export ----------------------------------------------------------------------------------
 
 
+def value_key(action: str) -> str | None:
+    """The key of an action's table that carries its value ("department" for assign); None if it takes none."""
+    return _VALUE_KEY.get(action)
+
+
 def rule_to_data(rule: Rule) -> dict:
     """The `[[rule]]` table of `rule`, defaults omitted; `rules_from_data` inverts it."""
     data: dict[str, Any] = {"name": rule.name}
