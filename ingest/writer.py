@@ -2,7 +2,8 @@
 
 It reads jobs (deliveries) from stdin (ingest/writer_pipe.py) and commits whatever has arrived as one
 group: the whole group in one savepoint, or, if anything in it fails, one message at a time, so a bad
-message fails alone. It answers each group with one message on stdout. On SQLite it writes through
+message fails alone: stored as `failed` with its error if deciding or acting on it raised (the MTA gets
+its 250 once that is committed), answered as a storage failure (451) if the database refused it. It answers each group with one message on stdout. On SQLite it writes through
 the blocking sqlite3 driver (through aiosqlite every statement would be a round trip through a second
 thread); on PostgreSQL through asyncpg. Signals are ignored: the parent stops it by closing stdin.
 `InProcessWriter` runs the same writer on the caller's loop, for tests of what the pipeline decides.
@@ -16,10 +17,11 @@ import hashlib
 import logging
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ingest import chain, logs, resubmission, tickets, writer_pipe
 from ingest.delivery import Delivery, Outcome
@@ -150,8 +152,40 @@ class Writer:
                 log.exception("storing message from %s failed", job.delivery.sender)
                 return RuntimeError("integrity error")
             except Exception as e:
-                log.exception("storing message from %s to %s failed", job.delivery.sender, job.delivery.recipient)
-                return e
+                if isinstance(e, DBAPIError):  # the database refused or went away: not this message's fault
+                    log.exception("storing message from %s to %s failed", job.delivery.sender, job.delivery.recipient)
+                    return e
+                return self._store_failed(session, job, key, e)
+
+    def _store_failed(self, session, job: Job, key: str, error: Exception) -> Outcome | Exception:
+        """Deciding or acting on this message raised: keep it byte-exact as `failed`, its error in its event
+        log, for an admin to retry (ticketmail/admin/failed.py). Answering 451 instead would have the MTA
+        offer it again for days, and fail each time. If even this cannot be stored, the database is at
+        fault: the error goes back (451), as for any other storage failure."""
+        d, what = job.delivery, failure(error)
+        session.info.pop("blobs", None)
+        store.forget_customers(session)  # it may hold a customer of the rolled-back attempt
+        try:
+            with session.begin_nested():
+                message = record(d, job.parsed, key)
+                message.status = "failed"
+                dept = self._department(d)
+                message.department_id = dept.id if dept else None
+                session.add(message)
+                store.defer_large_blob(session, message, "raw", d.raw)
+                for attachment in message.attachments:
+                    store.defer_large_blob(session, attachment, "content", attachment.content)
+                store.add_event(session, message, "failed", f"processing failed: {what}; the message is kept as it "
+                                                            "arrived, for an admin to retry")
+                session.flush()
+                store.write_deferred_blobs(session)
+        except Exception:
+            log.exception("storing message from %s to %s failed", d.sender, d.recipient)
+            return error
+        # Where in our code it failed, without the exception's text (which may quote the mail) beyond `what`.
+        log.error("processing message %d from %r to %r failed, stored as failed: %r\n%s", message.id, d.sender,
+                  d.recipient, what, "".join(traceback.format_tb(error.__traceback__)).rstrip())
+        return Outcome("failed", None, "processing failed; stored for an admin to retry")
 
     def _department(self, d: Delivery):
         return self.directory.department(d.department) or self.directory.department_for(d.recipient)
@@ -212,6 +246,12 @@ class Writer:
         decision = chain.decide(ctx)
         tickets.act(ctx, message, decision)
         return message, decision.reason, False
+
+
+def failure(error: BaseException) -> str:
+    """An error in one line for a message's event log: its type and the first line of its text."""
+    text = str(error).strip().splitlines()
+    return store.clean(f"{type(error).__name__}: {text[0]}" if text else type(error).__name__)[:500]
 
 
 def outcome(message: Message, reason: str, duplicate: bool = False) -> Outcome:

@@ -240,3 +240,34 @@ def write_deferred_blobs(session) -> None:
                             {"oid": oid, "id": obj.id})
             session.execute(text("SELECT lo_unlink(:oid)"), {"oid": oid})
         set_committed_value(obj, column, data)
+
+
+# --- Held, rejected and failed mail (the admin panel, issue 10) ---
+
+
+def messages_page(session, statuses: tuple[str, ...], *, limit: int, before: int | None = None) -> list[Message]:
+    """Messages in one of `statuses`, newest first, with their events; `before`: ids below it (the next page)."""
+    query = select(Message).where(Message.status.in_(statuses))
+    if before is not None:
+        query = query.where(Message.id < before)
+    rows = session.scalars(query.options(selectinload(Message.events)).order_by(Message.id.desc()).limit(limit))
+    return list(rows)
+
+
+def challenge_waits(session, message_ids: list[int]) -> dict[int, tuple]:
+    """For held messages waiting for a confirmation: (the wait, its challenge or None, the challenge mail's
+    state, sent_at and last_error or None) by message id. A message without a wait was held without a
+    challenge. The mail's content is not read: until sent, it carries the token."""
+    from storage.models import Challenge, ChallengeWait, Outbox
+
+    if not message_ids:
+        return {}
+    rows = session.execute(
+        select(ChallengeWait, Challenge, Outbox.state, Outbox.sent_at, Outbox.last_error)
+        .outerjoin(Challenge, Challenge.id == ChallengeWait.challenge_id)
+        .outerjoin(Outbox, Outbox.challenge_id == Challenge.id)
+        .where(ChallengeWait.message_id.in_(message_ids))
+        .order_by(Outbox.id)
+    )
+    return {wait.message_id: (wait, challenge, tuple(mail) if mail[0] else None)
+            for wait, challenge, *mail in rows}
