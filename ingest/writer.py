@@ -3,9 +3,10 @@
 It reads jobs (deliveries) from stdin (ingest/writer_pipe.py) and commits whatever has arrived as one
 group: the whole group in one savepoint, or, if anything in it fails, one message at a time, so a bad
 message fails alone: stored as `failed` with its error if deciding or acting on it raised (the MTA gets
-its 250 once that is committed), answered as a storage failure (451) if the database refused it. It answers each group with one message on stdout. On SQLite it writes through
-the blocking sqlite3 driver (through aiosqlite every statement would be a round trip through a second
-thread); on PostgreSQL through asyncpg. Signals are ignored: the parent stops it by closing stdin.
+its 250 once that is committed), answered as a storage failure (451) if the database refused it. It
+answers each group with one message on stdout. On SQLite it writes through the blocking sqlite3 driver
+(through aiosqlite every statement would be a round trip through a second thread); on PostgreSQL
+through asyncpg. Signals are ignored: the parent stops it by closing stdin.
 `InProcessWriter` runs the same writer on the caller's loop, for tests of what the pipeline decides.
 """
 

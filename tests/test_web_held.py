@@ -189,7 +189,7 @@ async def test_discard_and_discard_and_block(panel, cli, db, lmtp):
     assert f"sender {CAROL} is blocked (held discard --block)" in rejected
 
 
-async def test_the_rejected_list_shows_each_reason(panel, cli, lmtp, tmp_path):
+async def test_the_rejected_list_shows_each_reason(panel, cli, db, lmtp, tmp_path):
     await desk(cli, support="reject")
     rules = tmp_path / "rules.toml"
     rules.write_text('[[rule]]\nname = "drop-tagged-spam"\nconditions = [{ field = "subject", op = "contains", '
@@ -206,6 +206,11 @@ async def test_the_rejected_list_shows_each_reason(panel, cli, lmtp, tmp_path):
     rows = by_subject(text)
     assert set(rows) == {"[Spam] cheap pills", "Who are you"}
     assert "rule &#34;drop-tagged-spam&#34; matched: subject contains" in rows["[Spam] cheap pills"]
+    # Kept until `held purge`: then emptied (the record and its events stay) and no longer listed.
+    code, out, err = await cli("held", "purge", "--days", "0")
+    assert code == 0 and out.startswith("2 messages purged"), err
+    assert "No rejected or deleted mail." in await page(panel, "/admin/held/rejected")
+    assert {(m.status, m.raw) for m in (await messages(db)).values()} == {("purged", b"")}
 
 
 async def test_a_failing_message_is_listed_with_its_error_and_retried(panel, cli, db, lmtp, monkeypatch):

@@ -36,8 +36,8 @@ async def page(db, *, limit: int = 100, before: int | None = None) -> list[Faile
 
     def read(s):
         messages, names = store.messages_page(s, ("failed",), limit=limit, before=before), held.department_names(s)
-        return [Failed(m, names.get(m.department_id, ""), next((e.detail for e in reversed(m.events) if e.kind == "failed"), ""))
-                for m in messages]
+        return [Failed(m, names.get(m.department_id, ""),
+                       next((e.detail for e in reversed(m.events) if e.kind == "failed"), "")) for m in messages]
 
     return await db.run(read)
 

@@ -103,11 +103,13 @@ def challenge_state(message: Message, wait, challenge, mail, now) -> tuple[str, 
         return "confirmed", f"confirmed {challenge.used_at:%Y-%m-%d %H:%M} UTC"
     state, sent_at, error = mail or ("pending", None, "")
     if state == "sent":
-        return "sent", f"challenge sent {sent_at:%Y-%m-%d %H:%M} UTC to {challenge.sender}; the link works until {expires}"
+        return "sent", (f"challenge sent {sent_at:%Y-%m-%d %H:%M} UTC to {challenge.sender}; "
+                        f"the link works until {expires}")
     if state == "failed":
         return "failed", f"the challenge mail to {challenge.sender} could not be sent: {error}"
     retry = f" (last attempt: {error})" if error else ""
-    return "queued", f"challenge to {challenge.sender} queued {challenge.created_at:%Y-%m-%d %H:%M} UTC, not sent yet{retry}; the link works until {expires}"
+    return "queued", (f"challenge to {challenge.sender} queued {challenge.created_at:%Y-%m-%d %H:%M} UTC, "
+                      f"not sent yet{retry}; the link works until {expires}")
 
 
 async def held_page(db, *, limit: int = 100, before: int | None = None) -> list[Listed]:
@@ -126,7 +128,8 @@ async def rejected_page(db, *, limit: int = 100, before: int | None = None) -> l
     """Rejected and deleted messages (by rule, blocked sender or admin), newest first, with the reason."""
 
     def read(s):
-        messages, names = store.messages_page(s, ("rejected", "deleted"), limit=limit, before=before), department_names(s)
+        messages = store.messages_page(s, ("rejected", "deleted"), limit=limit, before=before)
+        names = department_names(s)
         return [Listed(m, names.get(m.department_id, ""), _reason(m, "reject" if m.status == "rejected" else "delete"),
                        _rules(m)) for m in messages]
 
