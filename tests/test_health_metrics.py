@@ -7,6 +7,8 @@ import asyncio
 import io
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,11 +55,11 @@ class Served:
 
 
 @asynccontextmanager
-async def serving(db_url: str, tmp_path: Path, **settings: str):
+async def serving(db_url: str, tmp_path: Path, env: dict | None = None, **settings: str):
     """`ticketmail serve` in a process of its own until the block ends (then SIGTERM); settings are
-    TICKETMAIL_* variables without the prefix, e.g. METRICS_ENABLED="true"."""
+    TICKETMAIL_* variables without the prefix, e.g. METRICS_ENABLED="true"; `env`, other variables."""
     served = Served(web=free_port(), lmtp=free_port(), metrics=free_port(), log=tmp_path / "serve.log")
-    env = dict(os.environ, TICKETMAIL_DATABASE_URL=db_url, TICKETMAIL_WEB_PORT=str(served.web),
+    env = dict(os.environ, **(env or {}), TICKETMAIL_DATABASE_URL=db_url, TICKETMAIL_WEB_PORT=str(served.web),
                TICKETMAIL_LMTP_PORT=str(served.lmtp), TICKETMAIL_METRICS_PORT=str(served.metrics),
                TICKETMAIL_BRIDGE_KEY_FILE=str(tmp_path / "secret.key"),
                **{f"TICKETMAIL_{k}": v for k, v in settings.items()})
@@ -243,3 +245,38 @@ def test_the_metrics_and_log_settings_are_checked_and_name_their_key():
         with pytest.raises(ConfigError) as refused:
             load(env=env)
         assert str(refused.value).startswith(key), refused.value
+
+
+@one_database
+async def test_serve_tells_systemd_when_it_is_ready_and_when_it_stops(db_url, tmp_path):
+    """Type=notify in contrib/ticketmail.service: READY=1 once it listens, STOPPING=1 on SIGTERM."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify"))
+        notify.settimeout(10)
+        async with serving(db_url, tmp_path, env={"NOTIFY_SOCKET": str(tmp_path / "notify")}) as served:
+            assert await asyncio.to_thread(notify.recv, 100) == b"READY=1"
+            assert (await get(served.url("/healthz")))[0] == 200  # ready means serving
+        assert await asyncio.to_thread(notify.recv, 100) == b"STOPPING=1"
+
+
+UNIT = Path(__file__).parent.parent / "contrib" / "ticketmail.service"
+
+
+def test_the_example_unit_passes_systemd_analyze_verify(tmp_path):
+    """systemd-analyze is not one of the servers the suite requires (PostgreSQL, Dovecot, Postfix,
+    Chromium), so without it this test is skipped, under CI too."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = UNIT.read_text()
+    command = re.search(r"^ExecStart=(\S+) --config \S+ serve$", unit, re.MULTILINE)
+    assert command and command.group(1) == "/opt/ticketmail/.venv/bin/ticketmail"
+    assert all(f"\n{line}\n" in unit for line in ("Restart=on-failure", "User=ticketmail", "NoNewPrivileges=yes",
+                                                    "ProtectSystem=strict", "ReadWritePaths=/opt/ticketmail/var",
+                                                    "PrivateTmp=yes", "Type=notify"))
+    # verify wants the command to exist: this checkout's, in a copy of the unit; all else as it is.
+    (tmp_path / "ticketmail.service").write_text(unit.replace(command.group(1), str(Path(sys.executable).parent /
+                                                                                   "ticketmail")))
+    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "ticketmail.service")],
+                            capture_output=True, text=True, timeout=60)
+    # An unknown key or a bad value is only a warning on stderr (the exit code stays 0).
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 
 from aiohttp import web
@@ -66,7 +67,9 @@ async def serve(config: Config) -> int:
         where = config.lmtp.socket or f"{config.lmtp.host}:{lmtp.port}"
         also = f", metrics on {config.metrics.host}:{config.metrics.port}" if metrics else ""
         log.info("LMTP on %s, web on %s:%s%s; ready", where, config.web.host, config.web.port, also)
+        _notify("READY=1")
         await _until_stopped(stop, pipeline, repeated)
+        _notify("STOPPING=1")
         log.info("shutting down: no new connections, finishing deliveries in progress")
     log.info("stopped")
     return 1 if pipeline.failed.is_set() else 0
@@ -152,6 +155,21 @@ def _listening(what: str, where: str, setting: str):
     except OSError as e:
         reason = os.strerror(e.errno) if e.errno else str(e)
         raise ConfigError(f"{what} cannot listen on {where}: {reason} ({setting})") from None
+
+
+def _notify(state: str) -> None:
+    """Tell systemd how far serve is (Type=notify: contrib/ticketmail.service); nothing without
+    $NOTIFY_SOCKET. The protocol is one datagram (sd_notify(3)), not worth a dependency."""
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if not path:
+        return
+    address = "\0" + path[1:] if path.startswith("@") else path  # "@": the abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        try:
+            notify.connect(address)
+            notify.sendall(state.encode())
+        except OSError as e:
+            log.warning("cannot tell systemd %s on %s: %s", state, path, e)
 
 
 def _signalled() -> asyncio.Event:
