@@ -85,7 +85,7 @@ async def table_counts(db) -> dict[str, int]:
 async def test_a_rule_created_in_the_panel_is_exported_listed_and_audited(panel, cli):
     await signed_in(panel, cli)
     form = await page(panel, "/admin/rules/new")
-    assert 'name="cond-2-field"' in form and 'name="act-2-action"' in form  # blank rows, no JavaScript
+    assert "<h1>Create New Rule</h1>" in form and 'name="cond-2-field"' in form and 'name="act-2-action"' in form  # blank rows, no JavaScript
     await create(panel, "Urgent", **URGENT)
     await create(panel, "Sales leads", scope="department:Sales", match="any",
                  conditions=[("subject", "contains", "quote"), ("body", "regex", r"price\s+list", "case")],
@@ -108,6 +108,9 @@ async def test_a_rule_created_in_the_panel_is_exported_listed_and_audited(panel,
             '-> assign "Support", stop</td>') in shown
     assert await audit_actions(panel) == [("admin alice", "rules.create", "Urgent"),
                                           ("admin alice", "rules.create", "Sales leads")]
+    log = html.unescape(await page(panel, "/admin/audit"))
+    assert ('<td>admin alice</td><td>rules.create</td><td>Urgent</td><td>#1: subject contains "[URGENT]" -> '
+            'priority urgent, tag "vip"</td>') in log
 
 
 async def test_editing_a_rule_shows_its_rows_and_saves_it_in_place(panel, cli):
@@ -116,6 +119,7 @@ async def test_editing_a_rule_shows_its_rows_and_saves_it_in_place(panel, cli):
     await create(panel, "Urgent", **URGENT)
     ids = await rule_ids(panel)
     form = await page(panel, f"/admin/rules/{ids['Urgent']}/edit")
+    assert "<h1>Edit Rule Urgent</h1>" in form
     assert 'name="cond-0-value" value="[URGENT]"' in form and 'name="cond-3-field" value=""' in form
     assert '<option value="priority" selected>' in form and 'name="act-1-value" value="vip"' in form
     token = csrf_of(form)
@@ -249,6 +253,7 @@ async def test_trying_a_pasted_message_shows_the_matching_rules_and_the_decision
     rows = dict(re.findall(r'<td>\d+</td>\n<td>(?:<strong>)?([^<]+)(?:</strong>)?</td>\n<td>[^\n]*</td>\n'
                            r'<td class="rule-result">(.*?)</td>', text, re.S))
     assert rows["Urgent"].startswith("<strong>matched</strong>") and rows["Spam"] == "no match"
+    assert "<td><strong>Urgent</strong></td>" in text  # the rule whose "Try" was followed stands out
     assert 'rule: rule "Urgent" matched' in text and "Priority: urgent" in text and "Tags: vip" in text
     assert await table_counts(panel.app[DB]) == before
 
@@ -266,7 +271,9 @@ async def test_trying_a_stored_message_uses_its_envelope_and_writes_nothing(pane
     stored_id = await panel.app[DB].run(lambda s: s.scalar(select(func.max(Base.metadata.tables["messages"].c.id))))
     await create(panel, "Urgent", **URGENT)
     before = await table_counts(panel.app[DB])
-    token = await form_token(panel, "/admin/rules/try")
+    form = await page(panel, f"/admin/rules/try?message={stored_id}")  # as another section links to it
+    assert f'name="message" value="{stored_id}"' in form
+    token = csrf_of(form)
     async with await post(panel, "/admin/rules/try", {"csrf": token, "message": str(stored_id)}) as response:
         text = html.unescape(await response.text())
         assert response.status == 200
@@ -320,3 +327,30 @@ async def test_hostile_rule_names_and_values_are_shown_escaped(panel, cli):
     for text in pages:
         assert "<script>" not in text and "<img" not in text
         assert "&lt;script&gt;" in text
+
+
+async def test_trying_shows_a_follow_up_a_challenge_and_a_loop_and_writes_nothing(panel, cli, pipeline):
+    await signed_in(panel, cli)
+    first = await pipeline.deliver(Delivery(MAIL, "carol@customer.example", "support@xyzhosting.com"))
+    await create(panel, "Sales", conditions=[("subject", "contains", "quote")], actions=[("assign", "Sales")])
+    before = await table_counts(panel.app[DB])
+    token = await form_token(panel, "/admin/rules/try")
+    reply = MAIL.replace(b"Message-ID: <try-1@", b"In-Reply-To: <try-1@customer.example>\r\nMessage-ID: <try-2@")
+    quote = (b"From: Dave <dave@unknown.example>\r\nTo: support@xyzhosting.com\r\nSubject: a quote please\r\n"
+             b"Message-ID: <try-3@unknown.example>\r\n\r\nHow much?\r\n")
+    loop = MAIL.replace(b"From: Carol <carol@customer.example>", b"From: support@xyzhosting.com")
+    expected = [
+        (reply, ["The message would be added to a ticket", f"follow-up on ticket #{first.ticket} (In-Reply-To"]),
+        # Assigned to Sales by the rule; Sales challenges unknown senders: nothing is mailed on a try.
+        (quote, ["The message would be held, and a challenge mailed to the sender", "Department: Sales",
+                 "Sales challenges unknown senders"]),
+        (loop, ["The message would be ignored", "mail loop: From support@xyzhosting.com is one of our own",
+                "The rules were not evaluated"]),
+    ]
+    for raw, shown in expected:
+        async with await post(panel, "/admin/rules/try", {"csrf": token, "raw": raw.decode()}) as response:
+            text = html.unescape(await response.text())
+            assert response.status == 200
+        for line in shown:
+            assert line in text, line
+    assert await table_counts(panel.app[DB]) == before

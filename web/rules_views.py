@@ -12,8 +12,8 @@ import re
 import aiohttp_session
 from aiohttp import web
 
-from ingest.rules import FIELDS as RULE_FIELDS
 from ingest.rules import ACTIONS, OPERATORS, Rule, value_key
+from ingest.rules import FIELDS as RULE_FIELDS
 from ticketmail.admin import departments, rules
 from ticketmail.admin.errors import AdminError
 from web.keys import DB, SITE
@@ -221,7 +221,11 @@ async def _try_form(request: web.Request, values: dict, errors: dict, trial=None
 
 
 async def try_page(request: web.Request) -> web.Response:
-    values = dict.fromkeys(("raw",) + TRY_FIELDS, "") | {"rule": request.query.get("rule", "")}
+    """?rule=ID: the rule whose "Try" was followed (it stands out in the result); ?message=ID: a stored
+    message to try (other sections can link here)."""
+    message = request.query.get("message", "")
+    values = dict.fromkeys(("raw",) + TRY_FIELDS, "") | {"rule": request.query.get("rule", ""),
+                                                         "message": message if _NUMBER.fullmatch(message) else ""}
     return await _try_form(request, values, {})
 
 
