@@ -271,3 +271,10 @@ def challenge_waits(session, message_ids: list[int]) -> dict[int, tuple]:
     )
     return {wait.message_id: (wait, challenge, tuple(mail) if mail[0] else None)
             for wait, challenge, *mail in rows}
+
+
+def count_received_before(session, statuses: tuple[str, ...], before: datetime) -> int:
+    """How many messages in one of `statuses` arrived before `before` (what a purge would empty)."""
+    return session.scalar(
+        select(func.count(Message.id)).where(Message.status.in_(statuses), Message.received_at < before)
+    ) or 0

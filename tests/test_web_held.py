@@ -27,9 +27,10 @@ BOB = "bob@newcomer.example"
 CAROL = "carol@newcomer.example"
 SCRIPT = "<script>alert(1)</script>"
 IMG = '"><img src=x onerror=alert(1)>'
-PAGES = ("/admin/held", "/admin/held/rejected", "/admin/held/failed", "/admin/held/1/discard-and-block")
+PAGES = ("/admin/held", "/admin/held/rejected", "/admin/held/failed", "/admin/held/1/discard-and-block",
+         "/admin/held/purge")
 POSTS = ("/admin/held/1/release", "/admin/held/1/discard", "/admin/held/1/discard-and-block",
-         "/admin/held/failed/1/retry")
+         "/admin/held/failed/1/retry", "/admin/held/purge")
 
 
 async def desk(cli, support="challenge", sales="hold"):
@@ -52,8 +53,8 @@ async def page(client, path: str) -> str:
         return await response.text()
 
 
-async def post(client, path: str, token: str, status: int = 303):
-    async with client.post(path, data={"csrf": token}, allow_redirects=False) as response:
+async def post(client, path: str, token: str, status: int = 303, **data):
+    async with client.post(path, data={"csrf": token, **data}, allow_redirects=False) as response:
         assert response.status == status, (path, await response.text())
         return response.headers.get("Location"), await response.text()
 
@@ -87,7 +88,7 @@ async def test_every_held_page_needs_a_session(panel, cli, db, lmtp):
     token = await form_token(panel, "/admin/sign-in")
     held_id = (await messages(db))["Waiting"].id
     for path in POSTS:  # a valid CSRF pair is not a session
-        async with panel.post(path.replace("/1/", f"/{held_id}/"), data={"csrf": token},
+        async with panel.post(path.replace("/1/", f"/{held_id}/"), data={"csrf": token, "days": "0"},
                               allow_redirects=False) as response:
             assert response.status == 303 and "sign-in" in response.headers["Location"], path
     assert (await messages(db))["Waiting"].status == "held"
@@ -262,7 +263,7 @@ async def test_csrf_is_checked_on_every_post(panel, cli, db, lmtp):
     for path in POSTS:
         path = path.replace("/1/", f"/{held_id}/")
         for data, headers in (({}, {}), ({"csrf": "x" * 32}, {}), ({"csrf": token}, {"Origin": "https://evil.example"})):
-            async with panel.post(path, data=data, headers=headers, allow_redirects=False) as response:
+            async with panel.post(path, data=data | {"days": "0"}, headers=headers, allow_redirects=False) as response:
                 assert response.status == 403, (path, data, headers)
     assert (await messages(db))["Waiting"].status == "held"
     async with db.session() as s:
@@ -302,3 +303,29 @@ async def test_hostile_subjects_and_senders_are_shown_escaped(panel, cli, db, lm
         assert SCRIPT not in text and "<img" not in text, path
         assert html.escape(SCRIPT, quote=True).replace("&#x27;", "&#39;") in text, path
         assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in text, path
+
+
+async def test_purge_asks_first_checks_the_days_and_empties_old_mail(panel, cli, db, lmtp):
+    await desk(cli)
+    await deliver(lmtp.port, BOB, SALES, message(frm=BOB, to=SALES, subject="Old"))
+    token = await signed_in(panel)
+    assert "No held, rejected or deleted mail is that old." in await page(panel, "/admin/held/purge")  # 14 days
+    text = await page(panel, "/admin/held/purge?days=0")
+    assert "1 message would be emptied." in text and 'name="days" value="0"' in text
+    for value in ("abc", "-1", "99999"):
+        async with panel.get(f"/admin/held/purge?days={value}") as response:
+            assert response.status == 400
+            assert re.search(r'id="days-error" class="field-error">A whole number of days', await response.text())
+        _, text = await post(panel, "/admin/held/purge", token, status=400, days=value)
+        assert re.search(r'aria-describedby="days-error">\s*<strong id="days-error" class="field-error">A whole '
+                         r'number of days, from 0 to 36500.</strong>', text), value
+    assert (await messages(db))["Old"].status == "held"  # nothing purged so far
+    location, _ = await post(panel, "/admin/held/purge", token, days="0")
+    assert location == "rejected"
+    assert "1 messages purged (held, deleted or rejected more than 0 days ago)" in await page(
+        panel, "/admin/held/rejected")
+    old = (await messages(db))["Old"]
+    assert (old.status, old.raw, old.events[-1].kind) == ("purged", b"", "purged")
+    async with db.session() as s:
+        entry = await s.scalar(select(AuditEntry).where(AuditEntry.action == "held.purge"))
+    assert (entry.actor, entry.subject) == ("admin alice", "1 messages")

@@ -4,6 +4,9 @@ discard and block the sender (asks first), and retry. They call ticketmail/admin
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 import aiohttp_session
 from aiohttp import web
 
@@ -14,9 +17,29 @@ from web.keys import DB, SITE
 from web.panel import by, link, render
 
 PAGE = 100
-# The [challenge] settings, for a challenge a retried message's decision may send (its link is built from
-# public_url). create_app should set it from the configuration; without it the defaults apply.
-CHALLENGE = web.AppKey("challenge_settings", ChallengeSettings)
+_DAYS = re.compile(r"[0-9]{1,5}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What these pages need of the configuration: the [challenge] settings, for a challenge a retried
+    message's decision may send (its link is built from public_url), and held_days, the purge's default."""
+
+    challenge: ChallengeSettings | None = None  # None: the defaults
+    held_days: int = 14
+
+    @classmethod
+    def from_config(cls, config) -> Settings:
+        return cls(ChallengeSettings.from_config(config), config.challenge.held_days)
+
+
+# create_app sets it from the configuration (`app[SETTINGS] = Settings.from_config(config)`); without it,
+# the defaults.
+SETTINGS = web.AppKey("held_settings", Settings)
+
+
+def _settings(request: web.Request) -> Settings:
+    return request.app.get(SETTINGS) or Settings()
 TABS = {"held": "held", "rejected": "held/rejected", "failed": "held/failed"}
 
 
@@ -110,13 +133,47 @@ async def retry(request: web.Request) -> web.Response:
     message_id = _id(request)
     try:
         done = await failed.retry(request.app[DB], message_id, ticket_prefix=request.app[SITE].ticket_prefix,
-                                  settings=request.app.get(CHALLENGE), by=by(request))
+                                  settings=_settings(request).challenge, by=by(request))
     except AdminError as e:
         return await _list(request, "failed", status=400, error=str(e))
     if done.status == "failed":
         return await _done(request, "failed", f"Message {message_id} failed again: {done.reason}")
     now = f"ticket #{done.ticket}" if done.ticket else done.status
     return await _done(request, "failed", f"Message {message_id} processed again: {now} ({done.reason}).")
+
+
+def _days(value: str) -> tuple[int | None, dict]:
+    if not _DAYS.fullmatch(value.strip()) or int(value) > 36500:
+        return None, {"days": "A whole number of days, from 0 to 36500."}
+    return int(value), {}
+
+
+async def _purge_form(request: web.Request, value: str, errors: dict) -> web.Response:
+    """The purge page for `value` days: how many messages it would empty, or the error beside the field."""
+    count = None
+    if not errors:
+        days, errors = _days(value)
+        if not errors:
+            count = await held.purgeable(request.app[DB], days)
+    return render(request, "held_purge.html", status=400 if errors else 200, days=value, errors=errors, count=count)
+
+
+async def purge_page(request: web.Request) -> web.Response:
+    """Asks first: how many messages a purge of mail older than `days` would empty (GET: nothing changes)."""
+    return await _purge_form(request, request.query.get("days", str(_settings(request).held_days)), {})
+
+
+async def purge(request: web.Request) -> web.Response:
+    value = str((await request.post()).get("days", ""))
+    days, errors = _days(value)
+    if errors:
+        return await _purge_form(request, value, errors)
+    try:
+        count = await held.purge(request.app[DB], days, by=by(request))
+    except AdminError as e:
+        return await _purge_form(request, value, {e.field or "days": str(e)})
+    return await _done(request, "rejected", f"{count} messages purged (held, deleted or rejected more than {days} "
+                                            "days ago); their records and event logs remain.")
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
@@ -128,3 +185,5 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get(r"/admin/held/{id:\d{1,18}}/discard-and-block", block_page)
     router.add_post(r"/admin/held/{id:\d{1,18}}/discard-and-block", block)
     router.add_post(r"/admin/held/failed/{id:\d{1,18}}/retry", retry)
+    router.add_get("/admin/held/purge", purge_page)
+    router.add_post("/admin/held/purge", purge)

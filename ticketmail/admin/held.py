@@ -189,13 +189,23 @@ async def unblock(db, address: str, *, by: str) -> str:
     return address.lower()
 
 
+PURGED = ("held", "deleted", "rejected")  # what `purge` empties once old enough
+
+
+async def purgeable(db, days: int) -> int:
+    """How many messages `purge(db, days)` would empty now."""
+    if days < 0:
+        raise AdminError("--days must be 0 or more", field="days")
+    return await db.run(store.count_received_before, PURGED, utcnow() - timedelta(days=days))
+
+
 async def purge(db, days: int, *, by: str) -> int:
     """Empty held, deleted and rejected mail older than `days` (their event log stays); returns how many."""
     if days < 0:
-        raise AdminError("--days must be 0 or more")
+        raise AdminError("--days must be 0 or more", field="days")
 
     def purge_old(s):
-        expired = store.expired_messages(s, ("held", "deleted", "rejected"), utcnow() - timedelta(days=days))
+        expired = store.expired_messages(s, PURGED, utcnow() - timedelta(days=days))
         for m in expired:
             was = m.status
             m.status, m.raw, m.text, m.html, m.attachments = "purged", b"", "", "", []
