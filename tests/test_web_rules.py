@@ -5,12 +5,14 @@ from __future__ import annotations
 import html
 import re
 
+import pytest
 from sqlalchemy import func, select
 
 from ingest.delivery import Delivery
 from storage.models import AuditEntry, Base
 from tests.panel_helpers import csrf_of, form_token, panel, sign_in  # noqa: F401 - panel is a fixture
 from ticketmail.admin import rules
+from ticketmail.admin.errors import AdminError
 from web.keys import DB
 
 HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(1)>'
@@ -354,3 +356,14 @@ async def test_trying_shows_a_follow_up_a_challenge_and_a_loop_and_writes_nothin
         for line in shown:
             assert line in text, line
     assert await table_counts(panel.app[DB]) == before
+
+
+async def test_the_admin_functions_keep_positions_dense_and_find_rules_by_name(db):
+    for name in ("A", "B", "C", "D"):
+        await rules.create(db, {"name": name, "conditions": [{"field": "to", "op": "contains", "value": name}],
+                                "actions": [{"action": "tag", "tag": name}]}, by="cli test")
+    await rules.delete(db, (await rules.named(db, "b")).id, by="cli test")
+    await rules.move(db, (await rules.named(db, "D")).id, "up", by="cli test")
+    assert [(i.position, i.rule.name) for i in await rules.listed(db)] == [(0, "A"), (1, "D"), (2, "C")]
+    with pytest.raises(AdminError, match='there is no rule named "B"'):
+        await rules.named(db, "B")

@@ -89,6 +89,14 @@ async def get(db, rule_id: int) -> Listed:
     raise AdminError(f"there is no rule {rule_id}")
 
 
+async def named(db, name: str) -> Listed:
+    """The rule called `name` (case-insensitively, as names are unique): for a command line that names it."""
+    for item in await listed(db):
+        if item.rule.name.casefold() == name.casefold():
+            return item
+    raise AdminError(f'there is no rule named "{name}"')
+
+
 def _rules_of(rows) -> list[Rule]:
     try:
         return rules_from_data([row.definition for row in rows])
@@ -96,8 +104,10 @@ def _rules_of(rows) -> list[Rule]:
         raise AdminError(str(e)) from None
 
 
+NAME_LENGTH = 200  # the rules table's name column
 _LABEL = re.compile(r'rule (?:#\d+|"(?:[^"\\]|\\.)*"): ')
 _ITEM = re.compile(r"(condition|action) (\d+): ")
+_KEY = re.compile(r'(?:empty |bad |no |")(name|match|scope|conditions|actions)\b')
 
 
 def _beside(problem: str) -> AdminError:
@@ -107,11 +117,8 @@ def _beside(problem: str) -> AdminError:
     item = _ITEM.match(problem)
     if item:
         return AdminError(problem[item.end():], field=f"{item[1]}-{item[2]}")
-    for word, field in (("no conditions", "conditions"), ("no actions", "actions"), ("name", "name"),
-                        ("match", "match"), ("scope", "scope")):
-        if word in problem:
-            return AdminError(problem, field=field)
-    return AdminError(problem)
+    key = _KEY.match(problem)  # "empty name", "bad scope ...", "no conditions", '"match" must be ...'
+    return AdminError(problem, field=key[1] if key else None)
 
 
 def _checked(s, data: dict, rows, at: int | None) -> Rule:
@@ -133,9 +140,6 @@ def _checked(s, data: dict, rows, at: int | None) -> Rule:
         if action.action == "assign" and not store.department_by_name(s, action.value):
             raise AdminError(f'unknown department "{action.value}"', field=f"action-{number}")
     return rule
-
-
-NAME_LENGTH = 200  # the rules table's name column
 
 
 async def create(db, data: dict, *, by: str) -> Listed:
