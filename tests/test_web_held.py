@@ -8,17 +8,24 @@ import re
 from datetime import timedelta
 from types import SimpleNamespace
 
+from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from bridge.accounts import Secret
 from ingest import tickets
-from storage.models import AuditEntry, Challenge, Message, utcnow
+from ingest.challenges import ChallengeSettings
+from storage.models import AuditEntry, Challenge, Message, Outbox, utcnow
 from tests.conftest import deliver
 from tests.mail import message
-from tests.panel_helpers import form_token, panel, sign_in  # noqa: F401 - panel is a fixture
+from tests.panel_helpers import PASSWORD, form_token, panel, sign_in  # noqa: F401 - panel is a fixture
 from tests.test_web_confirm import assert_protected
 from tests.test_writer_failed import poison
+from ticketmail.admin import admins
 from ticketmail.admin.held import challenge_state
+from ticketmail.config import Config
+from web.app import create_app
+from web.held_views import SETTINGS, Settings
 
 SUPPORT = "support@xyzhosting.com"
 SALES = "sales@xyzhosting.com"
@@ -329,3 +336,27 @@ async def test_purge_asks_first_checks_the_days_and_empties_old_mail(panel, cli,
     async with db.session() as s:
         entry = await s.scalar(select(AuditEntry).where(AuditEntry.action == "held.purge"))
     assert (entry.actor, entry.subject) == ("admin alice", "1 messages")
+
+
+async def test_a_retried_message_may_be_challenged_with_the_configured_link(db, cli, lmtp, monkeypatch, tmp_path):
+    """The retry acts as the delivery would have: here a challenge, its link from [web] public_url."""
+    await desk(cli, support="challenge")
+    act = tickets.act
+    poison(monkeypatch, RuntimeError("broken"))
+    await deliver(lmtp.port, BOB, SUPPORT, message(frm=BOB, subject="POISON challenge me"))
+    monkeypatch.setattr(tickets, "act", act)
+    failed_id = (await messages(db))["POISON challenge me"].id
+    config = Config(database_url=db.url)
+    config.bridge.key_file = str(tmp_path / "secret.key")
+    app = create_app(db, config)
+    app[SETTINGS] = Settings(ChallengeSettings(public_url="https://help.example.com/desk"), held_days=3)
+    await admins.add(db, "alice", Secret(PASSWORD), by="test")
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        token = await signed_in(client)
+        await post(client, f"/admin/held/failed/{failed_id}/retry", token)
+        assert f"Message {failed_id} processed again: held" in await page(client, "/admin/held/failed")
+        assert 'name="days" value="3"' in await page(client, "/admin/held/purge")  # held_days
+    async with db.session() as s:
+        mail = await s.scalar(select(Outbox))
+    assert mail.rcpt_to == BOB and b"https://help.example.com/desk/confirm/" in mail.content
+    assert (await messages(db))["POISON challenge me"].status == "held"
