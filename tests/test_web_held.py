@@ -317,6 +317,8 @@ async def test_purge_asks_first_checks_the_days_and_empties_old_mail(panel, cli,
     await deliver(lmtp.port, BOB, SALES, message(frm=BOB, to=SALES, subject="Old"))
     token = await signed_in(panel)
     assert "No held, rejected or deleted mail is that old." in await page(panel, "/admin/held/purge")  # 14 days
+    for value in ("abc", "\u00b2", "1" * 30):  # a page past the end, or none: the first page
+        assert "Old" in by_subject(await page(panel, f"/admin/held?before={value}"))
     text = await page(panel, "/admin/held/purge?days=0")
     assert "1 message would be emptied." in text and 'name="days" value="0"' in text
     for value in ("abc", "-1", "99999"):

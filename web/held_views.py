@@ -18,6 +18,7 @@ from web.panel import by, link, render
 
 PAGE = 100
 _DAYS = re.compile(r"[0-9]{1,5}")
+_ID = re.compile(r"[0-9]{1,18}")  # not str.isdigit: it takes "²", which int() refuses
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,14 @@ SETTINGS = web.AppKey("held_settings", Settings)
 
 def _settings(request: web.Request) -> Settings:
     return request.app.get(SETTINGS) or Settings()
+
+
 TABS = {"held": "held", "rejected": "held/rejected", "failed": "held/failed"}
 
 
 def _before(request: web.Request) -> int | None:
     before = request.query.get("before", "")
-    return int(before) if before.isdigit() and len(before) < 19 else None
+    return int(before) if _ID.fullmatch(before) else None
 
 
 async def _list(request: web.Request, tab: str, *, status: int = 200, error: str = "") -> web.Response:
