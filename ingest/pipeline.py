@@ -208,7 +208,11 @@ _MESSAGE_ID = re.compile(rb"^message-id[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNOREC
 
 def message_id_of(raw: bytes) -> str | None:
     """The Message-ID of a message nobody has parsed here (the writer parses large ones and IMAP's),
-    read from its header section alone: for the log line, not for any decision."""
+    read from its header section alone: for the log line, not for any decision.
+
+    >>> message_id_of(b"Subject: x\\r\\nMessage-ID:\\r\\n <a@b.example>\\r\\n\\r\\nMessage-ID: <body@b.example>")
+    'a@b.example'
+    """
     end = raw.find(b"\n\r\n", 0, 65536)
     if end < 0:
         end = raw.find(b"\n\n", 0, 65536)
@@ -216,4 +220,6 @@ def message_id_of(raw: bytes) -> str | None:
     found = _MESSAGE_ID.search(head)
     if not found:
         return None
-    return re.sub(r"\s+", " ", found.group(1).decode("utf-8", "replace")).strip()[:998] or None
+    value = re.sub(r"\s+", " ", found.group(1).decode("utf-8", "replace")).strip()
+    inside = re.match(r"<([^>]*)>", value)  # as the parser gives it: without the angle brackets
+    return (inside.group(1) if inside else value)[:998] or None

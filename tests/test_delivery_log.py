@@ -3,6 +3,7 @@ with every value that came from the mail escaped so that it cannot forge a line 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -13,7 +14,9 @@ import pytest
 
 from ingest import logs
 from ingest.delivery import Delivery
+from tests.bridge_helpers import add_account, bridge_key, departments, run_bridge, wait_until  # noqa: F401
 from tests.conftest import deliver, one_database
+from tests.dovecot import dovecot  # noqa: F401 - a fixture
 from tests.mail import message
 from tests.test_health_metrics import SUPPORT, serving
 
@@ -93,7 +96,7 @@ async def test_cr_lf_and_escapes_from_an_imap_delivery_stay_on_one_line(db, supp
     assert not any(c in text + json_text for c in "\r\x1b\x07")
     line = json.loads(json_text)
     assert line["source"] == "imap:support" and line["sender"] == sender  # the same value, escaped
-    assert line["message_id"] == "<two lines\x1b]0;owned\x07@x.example>"  # unfolded
+    assert line["message_id"] == "two lines\x1b]0;owned\x07@x.example"  # unfolded, as the parser gives it
     assert line["outcome"] == "ticket" and line["ticket"] == 1
     assert 'sender="bob@x.example\\r\\n2026-12-03 10:00:00,000 INFO ticketmail: forged\\u001b[31m"' in text
 
@@ -106,3 +109,19 @@ async def test_a_delivery_that_could_not_be_stored_has_its_line_too(db, support,
     line = json.loads(delivery_lines["json"].getvalue())
     assert line["outcome"] == "error" and line["ticket"] is None
     assert line["reason"] == "not stored: the writer is not running"
+
+
+@one_database
+async def test_a_delivery_through_the_imap_bridge_has_its_line(dovecot, add_account, run_bridge, delivery_lines):
+    """The real bridge against the test Dovecot: the same entry, the account's source, the line once stored."""
+    raw = message(frm=ALICE, Message_ID=HOSTILE_ID)
+    await asyncio.to_thread(dovecot.append, "support", [raw])
+    code, _, err = await add_account(dovecot)
+    assert code == 0, err
+    await run_bridge()
+    await wait_until(lambda: asyncio.sleep(0, delivery_lines["json"].getvalue()), 20, "the delivery line")
+    line = json.loads(delivery_lines["json"].getvalue())
+    assert {k: line[k] for k in ("source", "message_id", "sender", "recipient", "outcome", "ticket")} == {
+        "source": "imap:support", "message_id": HOSTILE_ID.strip("<>"), "sender": ALICE, "recipient": SUPPORT,
+        "outcome": "ticket", "ticket": 1}
+    assert "\x1b" not in delivery_lines["text"].getvalue() and delivery_lines["text"].getvalue().count("\n") == 1
