@@ -23,6 +23,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from ingest import chain
+from ingest.delivery import Delivery
 from ingest.pipeline import Pipeline
 from storage.database import Database
 from tests.conftest import deliver, listening, one_database
@@ -30,6 +32,7 @@ from tests.lmtp_session import until
 from tests.mail import message
 from ticketmail.config import Config, ConfigError, load
 from web.app import create_app
+from web.metrics import CHALLENGE_DECISIONS, Metrics
 from web.views import SERVICES, Services
 
 SUPPORT = "support@xyzhosting.com"
@@ -280,3 +283,38 @@ def test_the_example_unit_passes_systemd_analyze_verify(tmp_path):
                             capture_output=True, text=True, timeout=60)
     # An unknown key or a bad value is only a warning on stderr (the exit code stays 0).
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+@one_database
+async def test_imap_deliveries_and_repeats_are_counted_by_source_and_outcome(db, cli):
+    code, _, err = await cli("department", "add", "Support", "--address", SUPPORT, "--unknown-sender", "accept")
+    assert code == 0, err
+    metrics = Metrics()
+    pipeline = Pipeline(db, in_process=True, metrics=metrics)
+    await pipeline.start()
+    try:
+        raw = message(frm=ALICE)
+        imap = Delivery(raw, sender=ALICE, recipient=SUPPORT, source="imap:support", source_key="7/1",
+                        account="support")
+        assert (await pipeline.deliver(imap)).ticket == 1
+        assert (await pipeline.deliver(imap)).duplicate  # fetched again after a crash: the same delivery
+        again = b"Received: from relay.example by mx.example; Sat, 28 Nov 2026 10:05:00 +0000\r\n" + raw
+        await pipeline.deliver(Delivery(again, sender=ALICE, recipient=SUPPORT))  # via another path: the same message
+    finally:
+        await pipeline.stop()
+    got = samples((await metrics.scrape(db)).decode())
+    received = {labels: value for (name, labels), value in got.items()
+                if name == "ticketmail_messages_received_total"}
+    assert received == {(("outcome", "ticket"), ("source", "imap")): 1,
+                        (("outcome", "duplicate"), ("source", "imap")): 1,
+                        (("outcome", "resubmitted"), ("source", "lmtp")): 1}
+    assert got[("ticketmail_writer_group_size_count", ())] == 3 and got[("ticketmail_held_messages", ())] == 0
+
+
+def test_the_challenge_reasons_counted_are_the_chains_own():
+    """web/metrics.py tells the challenge decisions apart by the words of ingest/chain.py's reasons."""
+    import inspect
+
+    source = inspect.getsource(chain)
+    for words, _ in CHALLENGE_DECISIONS:
+        assert words in source, words

@@ -7,6 +7,7 @@ failure while starting any of them stops the ones started before it, and shutdow
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -134,6 +135,9 @@ async def _web_app(db: Database, config: Config, services: Services):
 @asynccontextmanager
 async def _metrics(metrics: prometheus.Metrics, db: Database, config: Config):
     """/metrics on a listener of its own ([metrics] host, port), never on the web app's."""
+    if not _loopback(config.metrics.host):
+        log.warning("metrics on %s: not a loopback address; the counts name IMAP accounts, so let only "
+                    "your monitoring reach it", config.metrics.host)
     runner = web.AppRunner(prometheus.create_app(metrics, db), access_log=None)
     await runner.setup()
     metrics.count_logged_events()
@@ -145,6 +149,13 @@ async def _metrics(metrics: prometheus.Metrics, db: Database, config: Config):
     finally:
         metrics.stop_counting()
         await runner.cleanup()
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
 
 
 @contextmanager
