@@ -71,7 +71,8 @@ def delivery_lines():
     """What the delivery logger writes, formatted as serve formats it: {"text": ..., "json": ...}."""
     out = {kind: io.StringIO() for kind in logs.FORMATS}
     logger, handlers = logging.getLogger("ticketmail.delivery"), []
-    level, logger.level = logger.level, logging.INFO  # serve logs INFO (ingest/logs.setup)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # as serve logs (ingest/logs.setup); setLevel: isEnabledFor caches
     for kind, stream in out.items():
         handler = logging.StreamHandler(stream)
         handler.setFormatter(logs.formatter(kind))
