@@ -19,8 +19,8 @@ from storage import health
 
 log = logging.getLogger(__name__)
 
-# The held reasons of ingest/chain.py's challenge steps, by the words each begins with: why no
-# challenge mail went out for a held message ("sent": it did).
+# The held reasons of ingest/chain.py's challenge steps, told apart by words each contains: why no
+# challenge mail went out for a held message ("sent": one did).
 CHALLENGE_DECISIONS = (
     ("held without a challenge", "suppressed"),  # automatic mail, robots, our own mail, spam
     ("held for review, no challenge", "unauthenticated"),
@@ -46,13 +46,15 @@ class Metrics:
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.group_size = Histogram("ticketmail_writer_group_size", "Deliveries committed together",
                                     registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self.challenges_sent = Counter("ticketmail_challenges_sent", "Held messages that got a challenge mail",
+        self.challenges_sent = Counter("ticketmail_challenges_sent", "Held messages whose sender was challenged (the mail "
+                                       "queued; ticketmail_challenge_mails counts those sent)",
                                        registry=r)
         self.challenges_suppressed = Counter("ticketmail_challenges_suppressed",
                                              "Held messages that got no challenge mail, by reason",
                                              ["reason"], registry=r)
         self.lmtp_open = Gauge("ticketmail_lmtp_sessions_open", "LMTP connections open", registry=r)
-        self.lmtp_refused = Counter("ticketmail_lmtp_sessions_refused", "LMTP connections refused at the greeting",
+        self.lmtp_refused = Counter("ticketmail_lmtp_sessions_refused", "LMTP connections refused at the greeting: "
+                                    "max_sessions open already",
                                     registry=r)
         self.imap_errors = Counter("ticketmail_imap_errors", "IMAP sync errors by account", ["account"],
                                    registry=r)
