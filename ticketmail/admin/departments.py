@@ -1,6 +1,15 @@
-"""Departments: the addresses each owns and what it does with mail from unknown senders."""
+"""Departments: the addresses each owns and what it does with mail from unknown senders.
+
+Every change bumps the directory's revision counter (store.bump_revision), which is how the running
+pipeline, in this process or another, learns that its snapshot of departments is out of date.
+"""
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import select
 
 from storage import directory_store, store
 from storage.models import Department, DepartmentAddress
@@ -9,19 +18,64 @@ from ticketmail.admin.addresses import address
 from ticketmail.admin.errors import AdminError
 
 UNKNOWN_SENDER = ("challenge", "accept", "reject", "hold")
+_SEPARATORS = re.compile(r"[\s,;]+")
+
+
+def split_addresses(text: str) -> list[str]:
+    """Addresses as typed in a form: one a line or separated by commas.
+
+    >>> split_addresses("a@x.org, b@x.org\\n*@y.org")
+    ['a@x.org', 'b@x.org', '*@y.org']
+    """
+    return [a for a in _SEPARATORS.split(text) if a]
+
+
+def _name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise AdminError("a department needs a name", field="name")
+    if len(name) > 200 or any(c < " " for c in name):
+        raise AdminError("a department's name is one line of at most 200 characters", field="name")
+    return name
+
+
+def _policy(unknown_sender: str) -> str:
+    if unknown_sender not in UNKNOWN_SENDER:
+        raise AdminError(f"unknown sender policy {unknown_sender!r}: one of {', '.join(UNKNOWN_SENDER)}",
+                         field="unknown_sender")
+    return unknown_sender
+
+
+def _addresses(addresses: list[str]) -> list[str]:
+    """Checked and lowercased, duplicates dropped, in the order given; at least one."""
+    owned = []
+    for a in addresses:
+        try:
+            checked = address(a, catch_all=True)
+        except AdminError as e:
+            raise AdminError(str(e), field="addresses") from None
+        if checked not in owned:
+            owned.append(checked)
+    if not owned:
+        raise AdminError("a department needs at least one address", field="addresses")
+    return owned
+
+
+def _check_free(s, owned: list[str], department_id: int | None) -> None:
+    for taken, (owner_id, owner) in directory_store.address_owners(s, owned).items():
+        if owner_id != department_id:
+            raise AdminError(f"address {taken} already belongs to department {owner}", field="addresses")
 
 
 async def add(db, name: str, addresses: list[str], unknown_sender: str = "challenge", *, by: str) -> Department:
     """A new department owning `addresses` (`*@domain` for a whole domain)."""
-    if unknown_sender not in UNKNOWN_SENDER:
-        raise AdminError(f"unknown sender policy {unknown_sender!r}: one of {', '.join(UNKNOWN_SENDER)}")
-    owned = [address(a, catch_all=True) for a in addresses]
+    name, unknown_sender = _name(name), _policy(unknown_sender)
+    owned = _addresses(addresses)
 
     def create(s):
-        if store.department_by_name(s, name):
-            raise AdminError(f"department {name!r} already exists")
-        for taken in directory_store.taken_addresses(s, owned):
-            raise AdminError(f"address {taken} already belongs to a department")
+        if existing := store.department_by_name(s, name):
+            raise AdminError(f"department {existing.name!r} already exists", field="name")
+        _check_free(s, owned, None)
         department = Department(name=name, unknown_sender=unknown_sender,
                                 addresses=[DepartmentAddress(address=a) for a in owned])
         s.add(department)
@@ -35,3 +89,100 @@ async def add(db, name: str, addresses: list[str], unknown_sender: str = "challe
 async def list_all(db) -> list[Department]:
     """Every department with its addresses, by name."""
     return await db.run(store.departments)
+
+
+@dataclass(frozen=True)
+class Listed:
+    department: Department
+    open_tickets: int
+
+
+async def listing(db) -> list[Listed]:
+    """Every department with its addresses and its number of open tickets, by name (the panel's list)."""
+
+    def read(s):
+        counts = directory_store.open_tickets(s)
+        return [Listed(d, counts.get(d.id, 0)) for d in store.departments(s)]
+
+    return await db.run(read)
+
+
+def _department(s, name: str) -> Department:
+    department = store.department_by_name(s, name)
+    if department is None:
+        raise AdminError(f"no department {name!r}")
+    return department
+
+
+def _current_addresses(s, department: Department) -> list[str]:
+    return list(s.scalars(select(DepartmentAddress.address).where(DepartmentAddress.department_id == department.id)
+                          .order_by(DepartmentAddress.id)))
+
+
+async def get(db, name: str) -> tuple[Department, list[str]]:
+    """The department called `name` (any case) and its addresses in order."""
+
+    def read(s):
+        department = _department(s, name)
+        return department, _current_addresses(s, department)
+
+    return await db.run(read)
+
+
+@dataclass(frozen=True)
+class Edited:
+    name: str  # as saved
+    changes: list[str]  # what changed, in words; empty if nothing did
+    rules: list[str]  # renamed: the rules that still name the old name
+
+
+async def edit(db, name: str, *, new_name: str, addresses: list[str], unknown_sender: str, by: str) -> Edited:
+    """Rename the department, replace its addresses (in the order given) and set its policy."""
+    new_name, unknown_sender = _name(new_name), _policy(unknown_sender)
+    owned = _addresses(addresses)
+
+    def change(s):
+        department = _department(s, name)
+        old_name, old_addresses = department.name, _current_addresses(s, department)
+        changes, rules = [], []
+        if new_name != old_name:
+            other = store.department_by_name(s, new_name)
+            if other is not None and other.id != department.id:
+                raise AdminError(f"department {other.name!r} already exists", field="name")
+            rules = directory_store.rules_naming(s, old_name)
+            department.name = new_name
+            changes.append(f"renamed from {old_name}")
+        if owned != old_addresses:
+            _check_free(s, owned, department.id)
+            directory_store.replace_addresses(s, department, owned)
+            changes.append(f"addresses {', '.join(owned)}")
+        if unknown_sender != department.unknown_sender:
+            department.unknown_sender = unknown_sender
+            changes.append(f"unknown senders: {unknown_sender}")
+        if changes:
+            store.bump_revision(s)
+            audit.record(s, by, "department.edit", old_name, "; ".join(changes))
+        return Edited(department.name, changes, rules)
+
+    return await db.run(change, write=True)
+
+
+async def remove(db, name: str, *, by: str) -> str:
+    """Delete a department nothing refers to (tickets, stored mail, IMAP accounts, rules); returns its name."""
+
+    def delete(s):
+        department = _department(s, name)
+        users = directory_store.department_users(s, department)
+        rules = directory_store.rules_naming(s, department.name)
+        if rules:
+            users[f"rules ({', '.join(rules)})"] = len(rules)
+        if users:
+            what = ", ".join(f"{n} {kind}" for kind, n in users.items())
+            raise AdminError(f"department {department.name} cannot be removed while {what} refer to it; "
+                             "change its addresses or policy instead")
+        directory_store.delete_department(s, department)
+        store.bump_revision(s)
+        audit.record(s, by, "department.remove", department.name)
+        return department.name
+
+    return await db.run(delete, write=True)
