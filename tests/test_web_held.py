@@ -14,7 +14,6 @@ from sqlalchemy.orm import selectinload
 
 from bridge.accounts import Secret
 from ingest import tickets
-from ingest.challenges import ChallengeSettings
 from storage.models import AuditEntry, Challenge, Message, Outbox, utcnow
 from tests.conftest import deliver
 from tests.mail import message
@@ -25,7 +24,6 @@ from ticketmail.admin import admins
 from ticketmail.admin.held import challenge_state
 from ticketmail.config import Config
 from web.app import create_app
-from web.held_views import SETTINGS, Settings
 
 SUPPORT = "support@xyzhosting.com"
 SALES = "sales@xyzhosting.com"
@@ -350,8 +348,8 @@ async def test_a_retried_message_may_be_challenged_with_the_configured_link(db, 
     failed_id = (await messages(db))["POISON challenge me"].id
     config = Config(database_url=db.url)
     config.bridge.key_file = str(tmp_path / "secret.key")
+    config.web.public_url, config.challenge.held_days = "http://help.example.com/desk", 3
     app = create_app(db, config)
-    app[SETTINGS] = Settings(ChallengeSettings(public_url="https://help.example.com/desk"), held_days=3)
     await admins.add(db, "alice", Secret(PASSWORD), by="test")
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         token = await signed_in(client)
@@ -360,5 +358,5 @@ async def test_a_retried_message_may_be_challenged_with_the_configured_link(db, 
         assert 'name="days" value="3"' in await page(client, "/admin/held/purge")  # held_days
     async with db.session() as s:
         mail = await s.scalar(select(Outbox))
-    assert mail.rcpt_to == BOB and b"https://help.example.com/desk/confirm/" in mail.content
+    assert mail.rcpt_to == BOB and b"http://help.example.com/desk/confirm/" in mail.content
     assert (await messages(db))["POISON challenge me"].status == "held"

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from ingest import mailer
+from ingest.challenges import ChallengeSettings
 from storage.database import Database
 from web import panel
 from web.keys import DB, PAGES, SITE, Site
@@ -27,7 +28,8 @@ def create_app(db: Database, config) -> web.Application:
     public = urlsplit(config.web.public_url)
     app[DB] = db
     app[SITE] = Site(ticket_prefix=config.ticket_prefix, public_origin=f"{public.scheme}://{public.netloc}",
-                     secure_cookies=public.scheme == "https")
+                     secure_cookies=public.scheme == "https", challenge=ChallengeSettings.from_config(config),
+                     held_days=config.challenge.held_days)
     app[PAGES] = Pages(mailer.environment("web", config.challenge.template_dir))
     app.on_response_prepare.append(security_headers)
     panel.install(app, config)

@@ -5,12 +5,10 @@ discard and block the sender (asks first), and retry. They call ticketmail/admin
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import aiohttp_session
 from aiohttp import web
 
-from ingest.challenges import ChallengeSettings
 from ticketmail.admin import failed, held
 from ticketmail.admin.errors import AdminError
 from web.keys import DB, SITE
@@ -19,30 +17,6 @@ from web.panel import by, link, render
 PAGE = 100
 _DAYS = re.compile(r"[0-9]{1,5}")
 _ID = re.compile(r"[0-9]{1,18}")  # not str.isdigit: it takes "²", which int() refuses
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What these pages need of the configuration: the [challenge] settings, for a challenge a retried
-    message's decision may send (its link is built from public_url), and held_days, the purge's default."""
-
-    challenge: ChallengeSettings | None = None  # None: the defaults
-    held_days: int = 14
-
-    @classmethod
-    def from_config(cls, config) -> Settings:
-        return cls(ChallengeSettings.from_config(config), config.challenge.held_days)
-
-
-# create_app sets it from the configuration (`app[SETTINGS] = Settings.from_config(config)`); without it,
-# the defaults.
-SETTINGS = web.AppKey("held_settings", Settings)
-
-
-def _settings(request: web.Request) -> Settings:
-    return request.app.get(SETTINGS) or Settings()
-
-
 TABS = {"held": "held", "rejected": "held/rejected", "failed": "held/failed"}
 
 
@@ -136,7 +110,7 @@ async def retry(request: web.Request) -> web.Response:
     message_id = _id(request)
     try:
         done = await failed.retry(request.app[DB], message_id, ticket_prefix=request.app[SITE].ticket_prefix,
-                                  settings=_settings(request).challenge, by=by(request))
+                                  settings=request.app[SITE].challenge, by=by(request))
     except AdminError as e:
         return await _list(request, "failed", status=400, error=str(e))
     if done.status == "failed":
@@ -163,7 +137,7 @@ async def _purge_form(request: web.Request, value: str, errors: dict) -> web.Res
 
 async def purge_page(request: web.Request) -> web.Response:
     """Asks first: how many messages a purge of mail older than `days` would empty (GET: nothing changes)."""
-    return await _purge_form(request, request.query.get("days", str(_settings(request).held_days)), {})
+    return await _purge_form(request, request.query.get("days", str(request.app[SITE].held_days)), {})
 
 
 async def purge(request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ingest.challenges import ChallengeSettings
 from storage.database import Database
 from web.pages import Pages
 
@@ -17,6 +18,8 @@ class Site:
     ticket_prefix: str
     public_origin: str  # scheme://host[:port] of [web] public_url: a form POST must come from it
     secure_cookies: bool  # public_url is https
+    challenge: ChallengeSettings  # for a decision the panel makes or tries (a retry, "try the rules")
+    held_days: int  # [challenge] held_days: the purge's default
 
 
 DB = web.AppKey("db", Database)

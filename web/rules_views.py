@@ -245,7 +245,7 @@ async def try_rules(request: web.Request) -> web.Response:
             message_id=int(values["message"]) if values["message"] else None,
             sender=values["sender"] or None, recipient=values["recipient"] or None,
             account=values["account"] or None, department=values["department"] or None,
-            ticket_prefix=request.app[SITE].ticket_prefix)
+            ticket_prefix=request.app[SITE].ticket_prefix, settings=request.app[SITE].challenge)
     except AdminError as e:
         field = e.field if e.field in TRY_FIELDS + ("raw",) else "form"
         return await _try_form(request, values, {field: str(e)}, status=400)
