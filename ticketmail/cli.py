@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     rules.add_parser("import", help="replace all rules with those of a TOML file").add_argument("file")
     rules.add_parser("export", help="print the rules as TOML")
     _json(rules.add_parser("list", help="list the rules"))
+    rules.add_parser("delete", help="delete one rule").add_argument("name")
+    move = rules.add_parser("move", help="move a rule before or after its neighbour of the same scope")
+    move.add_argument("name")
+    move.add_argument("direction", choices=("up", "down"))
 
     tickets = sub.add_parser("tickets", help="tickets").add_subparsers(dest="action", required=True)
     _json(tickets.add_parser("list", help="list tickets"))
@@ -75,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     discard.add_argument("id", type=int)
     discard.add_argument("--block", action="store_true", help="delete the sender's future mail on arrival")
     held.add_parser("unblock", help="accept mail from a blocked sender again").add_argument("email")
+    _json(held.add_parser("failed", help="list messages whose processing failed (stored as they arrived)"))
+    held.add_parser("retry", help="process a failed message again").add_argument("id", type=int)
     _imap_parser(sub)
     _admin_parser(sub)
     return p
@@ -128,6 +134,8 @@ COMMANDS = {
     ("rules", "import"): commands.rules_import,
     ("rules", "export"): commands.rules_export,
     ("rules", "list"): commands.rules_list,
+    ("rules", "delete"): commands.rules_delete,
+    ("rules", "move"): commands.rules_move,
     ("tickets", "list"): commands.tickets_list,
     ("tickets", "show"): commands.tickets_show,
     ("held", "list"): commands.held_list,
@@ -135,6 +143,8 @@ COMMANDS = {
     ("held", "purge"): commands.held_purge,
     ("held", "discard"): commands.held_discard,
     ("held", "unblock"): commands.held_unblock,
+    ("held", "failed"): commands.held_failed,
+    ("held", "retry"): commands.held_retry,
     ("imap", "add"): imap_commands.imap_add,
     ("imap", "list"): imap_commands.imap_list,
     ("imap", "test"): imap_commands.imap_test,

@@ -7,8 +7,10 @@ import getpass
 import sys
 
 from bridge.accounts import Secret
+from ingest.challenges import ChallengeSettings
 from ingest.rules import rule_to_data
-from ticketmail.admin import admins, customers, departments, held, rules, tickets
+from ticketmail.admin import admins, customers, departments, failed, held, rules, tickets
+from ticketmail.admin.errors import AdminError
 from ticketmail.terminal import emit, iso, one_line, password, say
 
 
@@ -68,6 +70,16 @@ async def rules_list(db, config, args):
          [f"{i}. {r.name} ({r.match}, {r.scope}): {len(r.conditions)} conditions -> "
           + ", ".join(a.action + (f" {a.value}" if a.value else "") for a in r.actions)
           for i, r in enumerate(listed, 1)])
+
+
+async def rules_delete(db, config, args):
+    name = await rules.delete(db, (await rules.named(db, args.name)).id, by=BY)
+    say(f'rule "{one_line(name)}" deleted')
+
+
+async def rules_move(db, config, args):
+    moved = await rules.move(db, (await rules.named(db, args.name)).id, args.direction, by=BY)
+    say(f'rule "{one_line(moved.rule.name)}" is now #{moved.position + 1}')
 
 
 def _ticket_data(row: tickets.TicketRow) -> dict:
@@ -138,7 +150,24 @@ async def held_unblock(db, config, args):
 async def held_purge(db, config, args):
     days = config.challenge.held_days if args.days is None else args.days
     count = await held.purge(db, days, by=BY)
-    say(f"{count} messages purged (held or deleted more than {days} days ago)")
+    say(f"{count} messages purged (held, deleted or rejected more than {days} days ago)")
+
+
+async def held_failed(db, config, args):
+    data = [{"id": f.message.id, "from": f.message.from_addr or f.message.envelope_sender,
+             "to": f.message.envelope_recipient, "subject": f.message.subject,
+             "received_at": iso(f.message.received_at), "error": f.error} for f in await failed.page(db)]
+    emit(data, args.json, [f"{m['id']}\t{m['received_at']}\t{one_line(m['from'])}\t{one_line(m['subject'])}\t"
+                           f"{one_line(m['error'])}" for m in data] or ["no failed messages"])
+
+
+async def held_retry(db, config, args):
+    done = await failed.retry(db, args.id, ticket_prefix=config.ticket_prefix,
+                              settings=ChallengeSettings.from_config(config), by=BY)
+    if done.status == "failed":
+        raise AdminError(f"message {args.id} failed again: {done.reason}")
+    ticket = f" (ticket #{done.ticket})" if done.ticket else ""
+    say(f"message {args.id} processed again: {done.status}{ticket}")
 
 
 def _admin_password(name: str) -> Secret:
