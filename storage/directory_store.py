@@ -50,11 +50,11 @@ def replace_addresses(session, department: Department, addresses: list[str]) -> 
 
 
 def department_users(session, department: Department) -> dict[str, int]:
-    """What still refers to `department` (tickets, stored messages, IMAP accounts), with how many."""
+    """What still refers to `department` (ticket, stored message, IMAP account), with how many."""
     counts = {
-        "tickets": select(func.count()).select_from(Ticket).where(Ticket.department_id == department.id),
-        "stored messages": select(func.count()).select_from(Message).where(Message.department_id == department.id),
-        "IMAP accounts": select(func.count()).select_from(ImapAccount)
+        "ticket": select(func.count()).select_from(Ticket).where(Ticket.department_id == department.id),
+        "stored message": select(func.count()).select_from(Message).where(Message.department_id == department.id),
+        "IMAP account": select(func.count()).select_from(ImapAccount)
         .where(ImapAccount.department_id == department.id),
     }
     return {what: n for what, query in counts.items() if (n := session.scalar(query))}

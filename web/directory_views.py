@@ -52,7 +52,8 @@ def _one(kind, what: str):
         @functools.wraps(view)
         async def one(request: web.Request) -> web.Response:
             raw = request.match_info["id"]
-            row = await request.app[DB].run(lambda s: s.get(kind, int(raw))) if raw.isdigit() and len(raw) < 10 else None
+            known = raw.isdigit() and len(raw) < 10  # beyond an integer column
+            row = await request.app[DB].run(lambda s: s.get(kind, int(raw))) if known else None
             if row is None:
                 return render(request, "panel_error.html", status=404, heading=f"No such {what}",
                               text=f"There is no {what} {raw}.")

@@ -172,13 +172,13 @@ async def remove(db, name: str, *, by: str) -> str:
 
     def delete(s):
         department = _department(s, name)
-        users = directory_store.department_users(s, department)
-        rules = directory_store.rules_naming(s, department.name)
-        if rules:
-            users[f"rules ({', '.join(rules)})"] = len(rules)
+        users = [f"{n} {kind}{'s' if n != 1 else ''}"
+                 for kind, n in directory_store.department_users(s, department).items()]
+        if rules := directory_store.rules_naming(s, department.name):
+            users.append(f"{len(rules)} rule{'s' if len(rules) != 1 else ''} ({', '.join(rules)})")
         if users:
-            what = ", ".join(f"{n} {kind}" for kind, n in users.items())
-            raise AdminError(f"department {department.name} cannot be removed while {what} refer to it; "
+            what = ", ".join(users[:-1]) + " and " + users[-1] if len(users) > 1 else users[0]
+            raise AdminError(f"department {department.name} is still in use by {what}, so it cannot be removed; "
                              "change its addresses or policy instead")
         directory_store.delete_department(s, department)
         store.bump_revision(s)
