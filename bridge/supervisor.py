@@ -20,6 +20,7 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter
 
 from bridge.accounts import Account, BridgeKeyError, account_from_row, decrypt, load_key
 from bridge.sync import AccountSync, Options
@@ -45,6 +46,10 @@ class Supervisor(Periodic):
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.pipeline = None
         self.loops: dict[int, tuple[Account, asyncio.Task, AccountSync]] = {}
+        # By account name, for /metrics: every error of a sync loop ends its connection (a reconnect);
+        # an account that cannot be synced at all (its password does not open) counts as an error only.
+        self.reconnects: Counter[str] = Counter()
+        self.config_errors: Counter[str] = Counter()
         self._key = None
         self._renewed_at = 0.0  # monotonic time a lease renewal was sent that then succeeded
         self._reported: dict[int, str] = {}  # account id -> the configuration error last logged
@@ -122,6 +127,7 @@ class Supervisor(Periodic):
             return
         self._reported[row.id] = error
         log.error("imap %s: not synced: %s", row.name, error)
+        self.config_errors[row.name] += 1
         await self.db.run(imap_store.record_error, row.id, error, write=True)
 
     def _take_leases(self, session, account_ids: list[int]) -> set[int]:
@@ -132,7 +138,7 @@ class Supervisor(Periodic):
         return held
 
     def _start_loop(self, account: Account) -> None:
-        sync = AccountSync(account, self.db, self.pipeline, self.options)
+        sync = AccountSync(account, self.db, self.pipeline, self.options, self.reconnects)
         task = asyncio.create_task(sync.run(), name=f"imap-{account.name}")
         self.loops[account.id] = (account, task, sync)
         where = f" (lease holder {self.holder})" if self.use_leases else ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -75,11 +76,13 @@ class StoreError(Exception):
 class AccountSync:
     """The endless sync of one account; `run()` returns only when cancelled."""
 
-    def __init__(self, account: Account, db: Database, pipeline: Pipeline, options: Options = Options()):
+    def __init__(self, account: Account, db: Database, pipeline: Pipeline, options: Options = Options(),
+                 reconnects: Counter | None = None):
         self.account = account
         self.db = db
         self.pipeline = pipeline
         self.options = options
+        self.reconnects = Counter() if reconnects is None else reconnects  # by account name: /metrics
         self.imported = 0  # messages handed to the pipeline by this loop (duplicates included)
         self.checkpoint = 0  # the last UID committed and acted on, as written to the database
         self._healthy = False
@@ -103,6 +106,7 @@ class AccountSync:
             delay = backoff(attempt, self.options.backoff_base, self.options.backoff_cap)
             attempt += 1
             log.warning("imap %s: %s; reconnecting in %.1f s", name, error, delay)
+            self.reconnects[name] += 1
             await self._record_error(error)
             raise_if_cancelled()
             await asyncio.sleep(delay)

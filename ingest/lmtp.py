@@ -118,6 +118,7 @@ class _Server(LMTP):
             return self.close_with(SHUTTING_DOWN)
         if len(self.listener.sessions) > self.limits.max_sessions:
             log.warning("refusing an LMTP connection: %d sessions open", len(self.listener.sessions) - 1)
+            self.listener.refused += 1
             return self.close_with(TOO_MANY)
         await super()._handle_client()
 
@@ -255,6 +256,7 @@ class LMTPListener:
         self.sessions: set[_Server] = set()
         self.busy = 0  # sessions in DATA or waiting for the pipeline
         self.inflight = 0  # message bytes read and not yet answered
+        self.refused = 0  # connections refused at the greeting (max_sessions): /metrics
         self.closing = False
         self._changed = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None

@@ -65,6 +65,7 @@ async def serve(config: Config) -> int:
         services.watch("lmtp", lambda: "shutting down" if lmtp.closing else "")
         if metrics:
             metrics.watch_lmtp(lmtp)
+            metrics.watch_bridge(bridge)
         where = config.lmtp.socket or f"{config.lmtp.host}:{lmtp.port}"
         also = f", metrics on {config.metrics.host}:{config.metrics.port}" if metrics else ""
         log.info("LMTP on %s, web on %s:%s%s; ready", where, config.web.host, config.web.port, also)
@@ -140,14 +141,12 @@ async def _metrics(metrics: prometheus.Metrics, db: Database, config: Config):
                     "your monitoring reach it", config.metrics.host)
     runner = web.AppRunner(prometheus.create_app(metrics, db), access_log=None)
     await runner.setup()
-    metrics.count_logged_events()
     try:
         where = f"{config.metrics.host}:{config.metrics.port}"
         with _listening("the metrics listener", where, "[metrics] host, port"):
             await web.TCPSite(runner, config.metrics.host, config.metrics.port).start()
         yield runner
     finally:
-        metrics.stop_counting()
         await runner.cleanup()
 
 

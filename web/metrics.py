@@ -2,8 +2,8 @@
 public web port: the counts say how much mail arrives and from which IMAP accounts.
 
 Counted in this process, where it sees each result: the pipeline reports every delivery's outcome and
-every writer commit (ingest/pipeline.py; the writer process counts nothing), the LMTP listener's open
-sessions are read at scrape time. What every process sharing the database should agree on (held mail,
+every writer commit (ingest/pipeline.py; the writer process counts nothing); the LMTP listener's sessions
+(open, refused) and the IMAP bridge's errors and reconnects are read from them at scrape time. What every process sharing the database should agree on (held mail,
 challenges by state) is read from the database at scrape time. Everything lives in a registry of its
 own, so each `Metrics` (each test) starts from zero.
 """
@@ -14,6 +14,7 @@ import logging
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 from storage import health
 
@@ -53,20 +54,14 @@ class Metrics:
                                              "Held messages that got no challenge mail, by reason",
                                              ["reason"], registry=r)
         self.lmtp_open = Gauge("ticketmail_lmtp_sessions_open", "LMTP connections open", registry=r)
-        self.lmtp_refused = Counter("ticketmail_lmtp_sessions_refused", "LMTP connections refused at the greeting: "
-                                    "max_sessions open already",
-                                    registry=r)
-        self.imap_errors = Counter("ticketmail_imap_errors", "IMAP sync errors by account", ["account"],
-                                   registry=r)
-        self.imap_reconnects = Counter("ticketmail_imap_reconnects", "IMAP reconnections by account",
-                                       ["account"], registry=r)
+        self._counted = _Counted()  # what the listener and the bridge count themselves
+        r.register(self._counted)
         self.held = Gauge("ticketmail_held_messages", "Messages held (read from the database)", registry=r)
         self.challenges = Gauge("ticketmail_challenges", "Challenges by state (read from the database)",
                                 ["state"], registry=r)
         self.challenge_mails = Gauge("ticketmail_challenge_mails", "Challenge mails by state: pending, sent, "
                                      "failed (read from the database)", ["state"], registry=r)
         self.database_up = Gauge("ticketmail_database_up", "1 if the database answered this scrape", registry=r)
-        self._counting = _LogCounter(self)
 
     # --- what the pipeline reports (ingest/pipeline.py) ---
 
@@ -86,14 +81,13 @@ class Metrics:
     # --- the listeners ---
 
     def watch_lmtp(self, listener) -> None:
-        """Open sessions read from the listener at scrape time (ingest/lmtp.LMTPListener)."""
+        """Open and refused sessions, read from the listener at scrape time (ingest/lmtp.LMTPListener)."""
         self.lmtp_open.set_function(lambda: len(listener.sessions))
+        self._counted.lmtp = listener
 
-    def count_logged_events(self) -> None:
-        self._counting.install()
-
-    def stop_counting(self) -> None:
-        self._counting.remove()
+    def watch_bridge(self, supervisor) -> None:
+        """IMAP errors and reconnects per account, read from the bridge at scrape time (bridge/supervisor.py)."""
+        self._counted.bridge = supervisor
 
     async def scrape(self, db) -> bytes:
         try:
@@ -115,39 +109,27 @@ CHALLENGE_STATES = ("open", "confirmed", "expired", "closed")  # storage/models.
 MAIL_STATES = ("pending", "sent", "failed")  # storage/models.Outbox.state
 
 
-class _LogCounter(logging.Filter):
-    """Counts the events the LMTP listener and the IMAP sync only log (a refused connection, a
-    reconnect), by the log call that reports each: a filter on their loggers, passing every record.
-    tests/test_health_metrics.py tells if one of those calls changes."""
+class _Counted:
+    """A collector of the counts the LMTP listener and the IMAP supervisor keep, read at each scrape."""
 
-    EVENTS = {
-        ("ingest.lmtp", "refusing an LMTP connection: %d sessions open"): "refused",
-        ("bridge.sync", "imap %s: %s; reconnecting in %.1f s"): "reconnect",
-        ("bridge.supervisor", "imap %s: not synced: %s"): "error",
-    }
+    def __init__(self):
+        self.lmtp = self.bridge = None
 
-    def __init__(self, metrics: Metrics):
-        super().__init__()
-        self.metrics = metrics
-
-    def install(self) -> None:
-        for name in {name for name, _ in self.EVENTS}:
-            logging.getLogger(name).addFilter(self)
-
-    def remove(self) -> None:
-        for name in {name for name, _ in self.EVENTS}:
-            logging.getLogger(name).removeFilter(self)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        event = self.EVENTS.get((record.name, record.msg))
-        if event == "refused":
-            self.metrics.lmtp_refused.inc()
-        elif event:
-            account = str(record.args[0]) if record.args else ""
-            self.metrics.imap_errors.labels(account).inc()
-            if event == "reconnect":
-                self.metrics.imap_reconnects.labels(account).inc()
-        return True
+    def collect(self):
+        if self.lmtp is not None:
+            yield CounterMetricFamily("ticketmail_lmtp_sessions_refused",
+                                      "LMTP connections refused at the greeting: max_sessions open already",
+                                      value=self.lmtp.refused)
+        if self.bridge is not None:
+            reconnects, config_errors = self.bridge.reconnects, self.bridge.config_errors
+            errors = CounterMetricFamily("ticketmail_imap_errors", "IMAP sync errors by account", labels=["account"])
+            again = CounterMetricFamily("ticketmail_imap_reconnects", "IMAP reconnections by account",
+                                        labels=["account"])
+            for name in sorted(set(reconnects) | set(config_errors)):
+                errors.add_metric([name], reconnects[name] + config_errors[name])
+                again.add_metric([name], reconnects[name])
+            yield errors
+            yield again
 
 
 METRICS = web.AppKey("metrics", Metrics)
