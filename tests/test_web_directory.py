@@ -308,6 +308,8 @@ async def test_add_edit_verify_and_remove_a_customer(panel, cli, directory, lmtp
     assert (f"Not removed: customer {BOB} has 1 ticket and cannot be removed: a ticket keeps its customer."
             in notices(await page(panel, "/admin/customers")))
     assert BOB in await customers(cli)
+    code, _, err = await cli("customer", "remove", BOB)  # the same refusal, not a database error
+    assert code == 1 and f"customer {BOB} has 1 ticket and cannot be removed" in err
     assert await actions(panel) == [
         ("admin alice", "customer.add", "dave@customer.example", "Dave D"),
         ("admin alice", "customer.edit", "dave@customer.example", "name 'Dave D' -> 'David Dee'"),
