@@ -343,3 +343,9 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(60))  # "department.add", "held.release", ...
     subject: Mapped[str] = mapped_column(Text, default="")  # what it was done to: a name, an address, a number
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+# --- The panel's ticket list (issue 10): newest first by (updated_at, id), paged by that key ---
+# Migration 0010 also creates the text search objects the ORM cannot describe (storage/ticket_search.py).
+
+Index("ix_tickets_updated", Ticket.updated_at, Ticket.id)

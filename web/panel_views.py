@@ -21,7 +21,7 @@ async def to_home(request: web.Request) -> web.Response:
 
 
 async def home(request: web.Request) -> web.Response:
-    raise web.HTTPSeeOther(location=link(request, "imap-accounts"))  # the one page so far
+    raise web.HTTPSeeOther(location=link(request, "tickets"))
 
 
 async def sign_in_page(request: web.Request) -> web.Response:

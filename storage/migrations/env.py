@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from storage.models import Base
+from storage.ticket_search import in_models
 
 config = context.config
 
@@ -15,6 +16,7 @@ def run(connection):
         connection=connection,
         target_metadata=Base.metadata,
         render_as_batch=connection.dialect.name == "sqlite",
+        include_name=in_models,  # the text search objects of 0010 are not in the models: never drop them
     )
     if on_revision := config.attributes.get("on_revision"):  # storage.database.upgrade: what it was before
         on_revision(context.get_context().get_current_revision())

@@ -1,0 +1,127 @@
+"""The panel's ticket list: filters, text search and keyset paging; a ticket's attachment. Plain functions of
+a Session.
+
+A page is the tickets below a key (updated_at, id), newest first, read through the index
+ix_tickets_updated: the 2,000th page costs what the first does (no OFFSET). Text search finds messages
+whose subject, sender name, sender address or text body has every word of the query, and lists their
+tickets; the objects it reads are created by migration 0010 (SQLite FTS5, PostgreSQL GIN).
+
+A query is hostile input: on SQLite each word is quoted as an FTS5 string (so AND, NEAR, "*", "(" and
+column filters are plain text); on PostgreSQL it goes to plainto_tsquery as a bound value. Either way it
+is a bound parameter, never SQL.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Integer, and_, func, literal, select, text, tuple_
+from sqlalchemy.orm import Session
+
+from storage.models import Attachment, Customer, Department, Message, Ticket, UTCDateTime
+
+# The same expression as migration 0010's index, with the table named (the list joins tickets, which has a
+# subject too): PostgreSQL uses the index only for a query with this very expression.
+PG_DOCUMENT = ("to_tsvector('simple'::regconfig, messages.subject || ' ' || messages.from_name || ' ' || "
+               "messages.from_addr || ' ' || left(messages.\"text\", 100000))")
+MAX_WORDS = 20
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# Tables and indexes of migration 0010 that storage/models.py does not (cannot) declare: an FTS5 virtual
+# table with its shadow tables, an expression index. Autogenerate comparisons leave them out.
+NOT_IN_MODELS = {
+    "table": {"message_search", *(f"message_search_{shadow}" for shadow in ("data", "idx", "content", "docsize",
+                                                                            "config"))},
+    "index": {"ix_messages_search"},
+}
+
+
+def in_models(name: str | None, type_: str, parent_names: dict) -> bool:
+    """An Alembic `include_name` hook: False for the search objects above."""
+    return name not in NOT_IN_MODELS.get(type_, ())
+
+
+@dataclass(frozen=True)
+class Filters:
+    department: str = ""  # a department's name
+    status: str = ""  # open | closed
+    customer: str = ""  # the customer's address
+    tag: str = ""
+    text: str = ""  # words to search for
+
+    def any(self) -> bool:
+        return any((self.department, self.status, self.customer, self.tag, self.text))
+
+
+Key = tuple[datetime, int]  # (updated_at, id) of the last ticket a page showed
+
+
+def words(query: str) -> list[str]:
+    """The words of a search, at most MAX_WORDS of them, without control characters."""
+    return _CONTROL.sub(" ", query).split()[:MAX_WORDS]
+
+
+def fts5_query(query: str) -> str:
+    """An FTS5 MATCH expression finding rows with every word of `query`, each word a quoted string."""
+    return " ".join('"' + word.replace('"', '""') + '"' for word in words(query))
+
+
+def _matching_messages(session: Session, query: str):
+    if session.get_bind().dialect.name == "sqlite":
+        rowids = text("SELECT rowid FROM message_search WHERE message_search MATCH :fts").bindparams(
+            fts=fts5_query(query)).columns(Message.id)
+        return select(Message.ticket_id).where(Message.id.in_(rowids))
+    document = text(f"{PG_DOCUMENT} @@ plainto_tsquery('simple', :tsq)").bindparams(tsq=" ".join(words(query)))
+    return select(Message.ticket_id).where(document)
+
+
+def _has_tag(session: Session, tag: str):
+    if session.get_bind().dialect.name == "sqlite":
+        return text("EXISTS (SELECT 1 FROM json_each(tickets.tags) WHERE json_each.value = :tag)").bindparams(tag=tag)
+    return text("CAST(tickets.tags AS jsonb) @> jsonb_build_array(CAST(:tag AS text))").bindparams(tag=tag)
+
+
+def ticket_rows():
+    """Tickets with their department's name, customer's address and number of messages."""
+    count = (
+        select(func.count(Message.id)).where(Message.ticket_id == Ticket.id).correlate(Ticket).scalar_subquery()
+    )
+    return (
+        select(Ticket, Department.name, Customer.email, count)
+        .outerjoin(Department, Department.id == Ticket.department_id)
+        .outerjoin(Customer, Customer.id == Ticket.customer_id)
+    )
+
+
+def tickets_page(session: Session, filters: Filters, *, limit: int, before: Key | None = None) -> list[tuple]:
+    """Up to `limit` tickets matching `filters`, newest (by updated_at, then number) first, below `before`."""
+    query = ticket_rows().order_by(Ticket.updated_at.desc(), Ticket.id.desc()).limit(limit)
+    conditions = []
+    if filters.department:
+        conditions.append(Department.name == filters.department)
+    if filters.status:
+        conditions.append(Ticket.status == filters.status)
+    if filters.customer:
+        conditions.append(Customer.email == filters.customer.lower())
+    if filters.tag:
+        conditions.append(_has_tag(session, filters.tag))
+    if words(filters.text):
+        conditions.append(Ticket.id.in_(_matching_messages(session, filters.text)))
+    if before is not None:
+        at, number = before
+        conditions.append(tuple_(Ticket.updated_at, Ticket.id) < tuple_(literal(at, UTCDateTime()),
+                                                                         literal(number, Integer())))
+    if conditions:
+        query = query.where(and_(*conditions))
+    return [tuple(row) for row in session.execute(query)]
+
+
+def ticket_attachment(session: Session, number: int, attachment_id: int) -> Attachment | None:
+    """The attachment, if it belongs to a message of ticket `number`."""
+    return session.scalar(
+        select(Attachment).join(Message, Message.id == Attachment.message_id)
+        .where(Attachment.id == attachment_id, Message.ticket_id == number)
+    )
+
