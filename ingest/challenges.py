@@ -38,34 +38,49 @@ from storage.challenge_store import RecentChallenges
 from storage.models import Challenge, Message, Outbox, utcnow
 
 
-@dataclass(frozen=True)
-class ChallengeSettings:
-    """The `[challenge]` configuration and the web app's public URL, as the pipeline needs them."""
+@dataclass
+class Challenge:
+    """The `[challenge]` section of the configuration (ticketmail/config.py reads it): its keys, defaults."""
 
-    public_url: str = "http://127.0.0.1:8080"
     token_days: int = 7
+    held_days: int = 14
     trusted_authserv_id: str = ""
     challenge_unauthenticated: bool = True
-    per_sender_daily: int = 3
-    per_domain_hourly: int = 20
-    unauthenticated_hourly: int = 30
-    total_hourly: int = 200
-    subaddress_separator: str = "+"
+    per_sender_daily: int = 3  # challenges to one mailbox per 24 hours
+    per_domain_hourly: int = 20  # challenges to one (registrable) domain per hour
+    unauthenticated_hourly: int = 30  # challenges per hour to senders the trusted MTA did not authenticate
+    total_hourly: int = 200  # challenges per hour in all
+    subaddress_separator: str = "+"  # each character starts a sub-address tag (victim+1@ is victim@); "" = none
     subject_prefix: str = "Please confirm:"
-    contact: str = ""
-    template_dir: str = ""
+    contact: str = ""  # whom the challenge names for questions; "" = the department's address
+    template_dir: str = ""  # templates here replace the built-in ones of the same name
+    keep_for_review: bool = False  # past held_days, keep unconfirmed mail held instead of purging it
+
+
+PUBLIC_URL = "http://127.0.0.1:8080"  # [web] public_url's default: the base of the links in challenges
+
+
+@dataclass(frozen=True)
+class ChallengeSettings:
+    """What the pipeline needs of `[challenge]` (the defaults are the section's), and the public URL."""
+
+    public_url: str = PUBLIC_URL
+    token_days: int = Challenge.token_days
+    trusted_authserv_id: str = Challenge.trusted_authserv_id
+    challenge_unauthenticated: bool = Challenge.challenge_unauthenticated
+    per_sender_daily: int = Challenge.per_sender_daily
+    per_domain_hourly: int = Challenge.per_domain_hourly
+    unauthenticated_hourly: int = Challenge.unauthenticated_hourly
+    total_hourly: int = Challenge.total_hourly
+    subaddress_separator: str = Challenge.subaddress_separator
+    subject_prefix: str = Challenge.subject_prefix
+    contact: str = Challenge.contact
+    template_dir: str = Challenge.template_dir
 
     @classmethod
     def from_config(cls, config) -> ChallengeSettings:
-        c = config.challenge
-        return cls(
-            public_url=config.web.public_url, token_days=c.token_days,
-            trusted_authserv_id=c.trusted_authserv_id, challenge_unauthenticated=c.challenge_unauthenticated,
-            per_sender_daily=c.per_sender_daily, per_domain_hourly=c.per_domain_hourly,
-            unauthenticated_hourly=c.unauthenticated_hourly, total_hourly=c.total_hourly,
-            subaddress_separator=c.subaddress_separator, subject_prefix=c.subject_prefix, contact=c.contact,
-            template_dir=c.template_dir,
-        )
+        section = {name: getattr(config.challenge, name) for name in cls.__dataclass_fields__ if name != "public_url"}
+        return cls(public_url=config.web.public_url, **section)
 
 
 DEFAULT = ChallengeSettings()

@@ -68,7 +68,7 @@ def test_unknown_config_key_and_environment_override_are_named():
         configuration.load(env={"TICKETMAIL_LMTP_PORT": "abc"})
     assert configuration.load(env={"TICKETMAIL_LMTP_PORT": "2424"}).lmtp.port == 2424
     with pytest.raises(configuration.ConfigError, match="lmtp.prot"):
-        configuration._apply(configuration.Config(), {"lmtp": {"prot": 1}}, "", {})
+        configuration._apply(configuration.Config(), {"lmtp": {"prot": 1}}, "", {}, {})
 
 
 def test_unmigrated_database_is_one_clear_line(tmp_path):

@@ -52,9 +52,10 @@ def test_a_command_names_its_database_and_never_creates_it(tmp_path):
 
 
 @pytest.mark.parametrize("url, says", [
-    ("foo://bar", "database_url: driver 'foo' is not supported; expected one of sqlite+aiosqlite, postgresql+asyncpg"),
-    ("postgresql://u:secret@db/t", "database_url: driver 'postgresql' is not supported"),
-    ("::::", "database_url: not a database URL: '::::'"),
+    ("foo://bar", "database_url (from TICKETMAIL_DATABASE_URL): driver 'foo' is not supported; expected one of "
+                  "sqlite+aiosqlite, postgresql+asyncpg"),
+    ("postgresql://u:secret@db/t", "database_url (from TICKETMAIL_DATABASE_URL): driver 'postgresql' is not supported"),
+    ("::::", "database_url (from TICKETMAIL_DATABASE_URL): not a database URL: '::::'"),
 ])
 def test_a_bad_database_url_is_one_line_naming_the_key(tmp_path, url, says):
     result = ticketmail("tickets", "list", url=url, cwd=tmp_path)

@@ -14,18 +14,33 @@ from ticketmail import config as configuration
 
 
 @pytest.mark.parametrize("env, says", [
-    ({"TICKETMAIL_LMTP_PORT": "70000"}, "lmtp.port: expected a port from 1 to 65535, got 70000"),
-    ({"TICKETMAIL_WEB_PORT": "-1"}, "web.port: expected a port from 1 to 65535, got -1"),
-    ({"TICKETMAIL_CHALLENGE_TOKEN_DAYS": "0"}, "challenge.token_days: expected 1 or more, got 0"),
-    ({"TICKETMAIL_WEB_PUBLIC_URL": "ftp://help.example"}, "web.public_url: expected an http:// or https:// URL"),
-    ({"TICKETMAIL_WEB_PUBLIC_URL": "help.example"}, "web.public_url: expected an http:// or https:// URL"),
-    ({"TICKETMAIL_SMTP_SECURITY": "ssl"}, "smtp.security: expected none, starttls or tls"),
-    ({"TICKETMAIL_RESUBMISSION_DAYS": "-1"}, "resubmission_days: expected 0 or more, got -1"),
+    ({"TICKETMAIL_LMTP_PORT": "70000"},
+     "lmtp.port (from TICKETMAIL_LMTP_PORT): expected a port from 1 to 65535, got 70000"),
+    ({"TICKETMAIL_WEB_PORT": "-1"}, "web.port (from TICKETMAIL_WEB_PORT): expected a port from 1 to 65535, got -1"),
+    ({"TICKETMAIL_CHALLENGE_TOKEN_DAYS": "0"},
+     "challenge.token_days (from TICKETMAIL_CHALLENGE_TOKEN_DAYS): expected 1 or more, got 0"),
+    ({"TICKETMAIL_WEB_PUBLIC_URL": "ftp://help.example"},
+     "web.public_url (from TICKETMAIL_WEB_PUBLIC_URL): expected an http:// or https:// URL"),
+    ({"TICKETMAIL_WEB_PUBLIC_URL": "help.example"},
+     "web.public_url (from TICKETMAIL_WEB_PUBLIC_URL): expected an http:// or https:// URL"),
+    ({"TICKETMAIL_SMTP_SECURITY": "ssl"},
+     "smtp.security (from TICKETMAIL_SMTP_SECURITY): expected none, starttls or tls"),
+    ({"TICKETMAIL_RESUBMISSION_DAYS": "-1"},
+     "resubmission_days (from TICKETMAIL_RESUBMISSION_DAYS): expected 0 or more, got -1"),
 ])
 def test_bad_values_are_refused_with_their_key(env, says):
+    """A value from the environment is named by its key and by the variable it came from."""
     with pytest.raises(configuration.ConfigError) as refused:
         configuration.load(None, env=env)
     assert str(refused.value).startswith(says)
+
+
+def test_a_bad_value_from_the_file_is_named_by_its_key(tmp_path):
+    path = tmp_path / "ticketmail.toml"
+    path.write_text("[lmtp]\nport = 70000\n")
+    with pytest.raises(configuration.ConfigError) as refused:
+        configuration.load(str(path), env={})
+    assert str(refused.value) == "lmtp.port: expected a port from 1 to 65535, got 70000"
 
 
 def test_good_values_pass():

@@ -241,10 +241,11 @@ def test_the_metrics_and_log_settings_are_checked_and_name_their_key():
     assert (config.metrics.enabled, config.metrics.host, config.metrics.port) == (False, "127.0.0.1", 9465)
     assert config.log.format == "text"
     assert load(env={"TICKETMAIL_LOG_FORMAT": "json", "TICKETMAIL_METRICS_ENABLED": "true"}).log.format == "json"
-    for env, key in (({"TICKETMAIL_LOG_FORMAT": "xml"}, "log.format:"),
-                     ({"TICKETMAIL_METRICS_PORT": "70000"}, "metrics.port:"),
+    for env, key in (({"TICKETMAIL_LOG_FORMAT": "xml"}, "log.format (from TICKETMAIL_LOG_FORMAT):"),
+                     ({"TICKETMAIL_METRICS_PORT": "70000"}, "metrics.port (from TICKETMAIL_METRICS_PORT):"),
                      ({"TICKETMAIL_METRICS_ENABLED": "maybe"}, "TICKETMAIL_METRICS_ENABLED:"),
-                     ({"TICKETMAIL_METRICS_ENABLED": "1", "TICKETMAIL_METRICS_PORT": "8080"}, "metrics.port:")):
+                     ({"TICKETMAIL_METRICS_ENABLED": "1", "TICKETMAIL_METRICS_PORT": "8080"},
+                      "metrics.port (from TICKETMAIL_METRICS_PORT):")):
         with pytest.raises(ConfigError) as refused:
             load(env=env)
         assert str(refused.value).startswith(key), refused.value

@@ -8,6 +8,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from ingest.challenges import PUBLIC_URL, Challenge  # the [challenge] section lives beside what it configures
+
 
 class ConfigError(ValueError):
     pass
@@ -31,7 +33,7 @@ class LMTP:
 class Web:
     host: str = "127.0.0.1"
     port: int = 8080
-    public_url: str = "http://127.0.0.1:8080"
+    public_url: str = PUBLIC_URL
 
 
 @dataclass
@@ -42,23 +44,6 @@ class SMTP:
     username: str = ""
     password: str = ""
     timeout: int = 30  # seconds per SMTP conversation
-
-
-@dataclass
-class Challenge:
-    token_days: int = 7
-    held_days: int = 14
-    trusted_authserv_id: str = ""
-    challenge_unauthenticated: bool = True
-    per_sender_daily: int = 3  # challenges to one mailbox per 24 hours
-    per_domain_hourly: int = 20  # challenges to one (registrable) domain per hour
-    unauthenticated_hourly: int = 30  # challenges per hour to senders the trusted MTA did not authenticate
-    total_hourly: int = 200  # challenges per hour in all
-    subaddress_separator: str = "+"  # each character starts a sub-address tag (victim+1@ is victim@); "" = none
-    subject_prefix: str = "Please confirm:"
-    contact: str = ""  # whom the challenge names for questions; "" = the department's address
-    template_dir: str = ""  # templates here replace the built-in ones of the same name
-    keep_for_review: bool = False  # past held_days, keep unconfirmed mail held instead of purging it
 
 
 @dataclass
@@ -112,7 +97,9 @@ def _coerce(key: str, value, default):
     return value
 
 
-def _apply(obj, data: dict, prefix: str, env: dict) -> None:
+def _apply(obj, data: dict, prefix: str, env: dict, origin: dict[str, str]) -> None:
+    """Set `obj`'s keys from the file's `data`, then from the environment; `origin` records which key's
+    value came from which environment variable, so that a later check names the variable."""
     known = {f.name for f in fields(obj)}
     for key in data:
         if key not in known:
@@ -124,19 +111,20 @@ def _apply(obj, data: dict, prefix: str, env: dict) -> None:
             section = data.get(f.name, {})
             if not isinstance(section, dict):
                 raise ConfigError(f"{name}: expected a [{f.name}] table")
-            _apply(current, section, f"{name}.", env)
+            _apply(current, section, f"{name}.", env, origin)
             continue
         if f.name in data:
             setattr(obj, f.name, _coerce(name, data[f.name], current))
         env_name = "TICKETMAIL_" + name.replace(".", "_").upper()
         if env_name in env:
             setattr(obj, f.name, _coerce(env_name, env[env_name], current))
+            origin[name] = env_name
 
 
 DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
 
 
-def _check_database_url(url: str) -> None:
+def _check_database_url(url: str, key: str) -> None:
     """One line naming the key for a URL SQLAlchemy cannot use, instead of its traceback."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -144,10 +132,10 @@ def _check_database_url(url: str) -> None:
     try:
         driver = make_url(url).drivername
     except (ArgumentError, ValueError):
-        raise ConfigError(f"database_url: not a database URL: {url!r}; expected sqlite+aiosqlite:///PATH "
+        raise ConfigError(f"{key}: not a database URL: {url!r}; expected sqlite+aiosqlite:///PATH "
                           "or postgresql+asyncpg://USER@HOST/NAME") from None
     if driver not in DRIVERS:
-        raise ConfigError(f"database_url: driver {driver!r} is not supported; expected one of {', '.join(DRIVERS)}")
+        raise ConfigError(f"{key}: driver {driver!r} is not supported; expected one of {', '.join(DRIVERS)}")
 
 
 def load(path: str | None = None, env: dict | None = None) -> Config:
@@ -162,36 +150,47 @@ def load(path: str | None = None, env: dict | None = None) -> Config:
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path}: {e}") from None
-    config = Config()
-    _apply(config, data, "", env)
+    config, origin = Config(), {}
+    _apply(config, data, "", env, origin)
+    _check(config, lambda key: f"{key} (from {origin[key]})" if key in origin else key)
+    return config
+
+
+def _check(config: Config, named) -> None:
+    """Values, not only types: each refusal names its key (`named(key)` adds the environment variable the
+    value came from, if it came from one)."""
+
+    def refuse(key: str, expected: str, got) -> None:
+        raise ConfigError(f"{named(key)}: expected {expected}, got {got!r}")
+
     if config.smtp.security not in ("none", "starttls", "tls"):
-        raise ConfigError(f"smtp.security: expected none, starttls or tls, got {config.smtp.security!r}")
-    _check_database_url(config.database_url)
+        refuse("smtp.security", "none, starttls or tls", config.smtp.security)
+    _check_database_url(config.database_url, named("database_url"))
     if config.resubmission_days < 0:
-        raise ConfigError(f"resubmission_days: expected 0 or more, got {config.resubmission_days}")
-    for key, port in (("lmtp.port", config.lmtp.port), ("web.port", config.web.port), ("smtp.port", config.smtp.port),
-                      ("metrics.port", config.metrics.port)):
+        refuse("resubmission_days", "0 or more", config.resubmission_days)
+    for key in ("lmtp.port", "web.port", "smtp.port", "metrics.port"):
+        section, name = key.split(".")
+        port = getattr(getattr(config, section), name)
         if not 0 <= port <= 65535:  # 0: any free port (tests)
-            raise ConfigError(f"{key}: expected a port from 1 to 65535, got {port}")
+            refuse(key, "a port from 1 to 65535", port)
     for key in ("token_days", "held_days"):
         if getattr(config.challenge, key) < 1:
-            raise ConfigError(f"challenge.{key}: expected 1 or more, got {getattr(config.challenge, key)}")
+            refuse(f"challenge.{key}", "1 or more", getattr(config.challenge, key))
     if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", config.web.public_url):
-        raise ConfigError(f"web.public_url: expected an http:// or https:// URL, got {config.web.public_url!r}")
+        refuse("web.public_url", "an http:// or https:// URL", config.web.public_url)
     lmtp = config.lmtp
     if not re.fullmatch(r"0?[0-7]{3}", lmtp.socket_mode):
-        raise ConfigError(f"lmtp.socket_mode: expected octal permissions like \"0660\", got {lmtp.socket_mode!r}")
+        refuse("lmtp.socket_mode", 'octal permissions like "0660"', lmtp.socket_mode)
     for key in ("max_message_bytes", "max_sessions", "idle_seconds"):
         if getattr(lmtp, key) < 1:
-            raise ConfigError(f"lmtp.{key}: expected 1 or more, got {getattr(lmtp, key)}")
+            refuse(f"lmtp.{key}", "1 or more", getattr(lmtp, key))
     if lmtp.max_inflight_bytes < lmtp.max_message_bytes:
-        raise ConfigError(f"lmtp.max_inflight_bytes: expected at least lmtp.max_message_bytes "
-                          f"({lmtp.max_message_bytes}), got {lmtp.max_inflight_bytes}")
+        refuse("lmtp.max_inflight_bytes", f"at least lmtp.max_message_bytes ({lmtp.max_message_bytes})",
+               lmtp.max_inflight_bytes)
     if config.log.format not in ("text", "json"):
-        raise ConfigError(f"log.format: expected text or json, got {config.log.format!r}")
+        refuse("log.format", "text or json", config.log.format)
     if config.metrics.enabled and config.metrics.port and config.metrics.port == config.web.port:
-        raise ConfigError(f"metrics.port: expected a port other than web.port ({config.web.port}): "
-                          "the metrics must not be served on the public web port")
+        refuse("metrics.port", f"a port other than web.port ({config.web.port}): the metrics must not be "
+                               "served on the public web port", config.metrics.port)
     if config.bridge.lease_seconds < 3:
-        raise ConfigError(f"bridge.lease_seconds: expected 3 or more, got {config.bridge.lease_seconds}")
-    return config
+        refuse("bridge.lease_seconds", "3 or more", config.bridge.lease_seconds)
