@@ -39,7 +39,7 @@ from storage.models import Challenge, Message, Outbox, utcnow
 
 
 @dataclass
-class Challenge:
+class ChallengeSection:
     """The `[challenge]` section of the configuration (ticketmail/config.py reads it): its keys, defaults."""
 
     token_days: int = 7
@@ -65,17 +65,17 @@ class ChallengeSettings:
     """What the pipeline needs of `[challenge]` (the defaults are the section's), and the public URL."""
 
     public_url: str = PUBLIC_URL
-    token_days: int = Challenge.token_days
-    trusted_authserv_id: str = Challenge.trusted_authserv_id
-    challenge_unauthenticated: bool = Challenge.challenge_unauthenticated
-    per_sender_daily: int = Challenge.per_sender_daily
-    per_domain_hourly: int = Challenge.per_domain_hourly
-    unauthenticated_hourly: int = Challenge.unauthenticated_hourly
-    total_hourly: int = Challenge.total_hourly
-    subaddress_separator: str = Challenge.subaddress_separator
-    subject_prefix: str = Challenge.subject_prefix
-    contact: str = Challenge.contact
-    template_dir: str = Challenge.template_dir
+    token_days: int = ChallengeSection.token_days
+    trusted_authserv_id: str = ChallengeSection.trusted_authserv_id
+    challenge_unauthenticated: bool = ChallengeSection.challenge_unauthenticated
+    per_sender_daily: int = ChallengeSection.per_sender_daily
+    per_domain_hourly: int = ChallengeSection.per_domain_hourly
+    unauthenticated_hourly: int = ChallengeSection.unauthenticated_hourly
+    total_hourly: int = ChallengeSection.total_hourly
+    subaddress_separator: str = ChallengeSection.subaddress_separator
+    subject_prefix: str = ChallengeSection.subject_prefix
+    contact: str = ChallengeSection.contact
+    template_dir: str = ChallengeSection.template_dir
 
     @classmethod
     def from_config(cls, config) -> ChallengeSettings:

@@ -8,7 +8,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ingest.challenges import PUBLIC_URL, Challenge  # the [challenge] section lives beside what it configures
+from ingest.challenges import PUBLIC_URL, ChallengeSection  # the [challenge] section lives beside what it configures
 
 
 class ConfigError(ValueError):
@@ -73,7 +73,7 @@ class Config:
     lmtp: LMTP = field(default_factory=LMTP)
     web: Web = field(default_factory=Web)
     smtp: SMTP = field(default_factory=SMTP)
-    challenge: Challenge = field(default_factory=Challenge)
+    challenge: ChallengeSection = field(default_factory=ChallengeSection)
     bridge: Bridge = field(default_factory=Bridge)
     metrics: Metrics = field(default_factory=Metrics)
     log: Log = field(default_factory=Log)
