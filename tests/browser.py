@@ -100,9 +100,13 @@ class Browser:
         return await self.evaluate("document.body.innerText")
 
     async def click(self, selector: str) -> None:
-        """A real mouse click at the middle of the element, then the load of the page it leads to."""
-        box = await self.evaluate(
-            f"JSON.stringify(document.querySelector({json.dumps(selector)}).getBoundingClientRect())")
+        """A real mouse click at the middle of the element (scrolled into view, as a person would), then the
+        load of the page it leads to."""
+        box = await self.evaluate(f"(e => e && (e.scrollIntoView({{block: 'center'}}), "
+                                  f"JSON.stringify(e.getBoundingClientRect())))"
+                                  f"(document.querySelector({json.dumps(selector)}))")
+        if not box:
+            raise BrowserError(f"nothing to click at {selector} on {await self.evaluate('location.href')}")
         box = json.loads(box)
         x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
         mark = len(self.events)
@@ -110,6 +114,23 @@ class Browser:
         for kind in ("mousePressed", "mouseReleased"):
             await self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
         await self.wait_for("Page.loadEventFired", mark)
+
+    async def fill(self, selector: str, text: str) -> None:
+        """Type `text` into a field, as from the keyboard (what was there is replaced)."""
+        found = await self.evaluate(f"(e => {{ if (!e) return false; e.focus(); e.select && e.select(); "
+                                    f"return true; }})(document.querySelector({json.dumps(selector)}))")
+        if not found:
+            raise BrowserError(f"no field {selector} on {await self.evaluate('location.href')}")
+        await self.send("Input.insertText", text=text)
+
+    async def choose(self, selector: str, value: str) -> None:
+        """Pick the option `value` of a select element (as a person would from its list)."""
+        chosen = await self.evaluate(
+            f"(e => {{ if (!e || ![...e.options].some(o => o.value === {json.dumps(value)})) return false; "
+            f"e.value = {json.dumps(value)}; e.dispatchEvent(new Event('change')); return true; }})"
+            f"(document.querySelector({json.dumps(selector)}))")
+        if not chosen:
+            raise BrowserError(f"no option {value!r} in {selector}")
 
     async def screenshot(self, path: Path) -> None:
         data = await self.send("Page.captureScreenshot", format="png")
