@@ -237,11 +237,49 @@ async def test_an_error_from_the_admin_layer_sits_beside_its_field(panel):
     assert await imap_accounts(panel) == []
 
 
-def test_the_admin_routes():
-    app: web.Application = create_app(None, Config())
-    routes = sorted({(r.method, r.resource.canonical) for r in app.router.routes() if "admin" in r.resource.canonical})
-    assert routes == [("GET", "/admin"), ("GET", "/admin/"), ("GET", "/admin/imap-accounts"),
-                      ("GET", "/admin/imap-accounts/add"), ("GET", "/admin/sign-in"),
-                      ("HEAD", "/admin"), ("HEAD", "/admin/"), ("HEAD", "/admin/imap-accounts"),
-                      ("HEAD", "/admin/imap-accounts/add"), ("HEAD", "/admin/sign-in"),
-                      ("POST", "/admin/imap-accounts/add"), ("POST", "/admin/sign-in"), ("POST", "/admin/sign-out")]
+def admin_routes(app: web.Application) -> list[tuple[str, str]]:
+    """Every panel route but the sign-in page, as (method, a path with each {placeholder} filled in)."""
+    routes = set()
+    for route in app.router.routes():
+        path = route.resource.canonical
+        if route.method in ("GET", "POST") and path.startswith("/admin") and path != "/admin/sign-in":
+            routes.add((route.method, re.sub(r"\{[^}]+\}", "1", path)))
+    return sorted(routes)
+
+
+async def row_counts(db) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from storage.models import Base
+
+    async with db.session() as s:
+        return {t.name: await s.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
+
+
+async def test_every_panel_route_needs_a_session_posts_need_the_token_and_gets_change_nothing(panel, db, cli):
+    """Whatever sections the panel has: each route is guarded, each POST checked, no GET changes a row."""
+    for argv in (("department", "add", "Support", "--address", "support@xyzhosting.com"),
+                 ("customer", "add", "alice@customer.example")):
+        assert (await cli(*argv))[0] == 0
+    routes = admin_routes(panel.app)
+    assert {"/admin/tickets", "/admin/held", "/admin/rules", "/admin/departments", "/admin/customers",
+            "/admin/imap-accounts", "/admin/audit"} <= {path for _, path in routes}  # every section is there
+    for method, path in routes:
+        async with panel.request(method, path, data={"csrf": "x" * 32}, allow_redirects=False) as response:
+            assert response.status == 303 and "sign-in" in response.headers["Location"], (method, path)
+    async with await sign_in(panel) as response:
+        assert response.status == 303
+    before = await row_counts(db)
+    for method, path in routes:
+        if method == "GET":
+            async with panel.get(f"{path}?{'&'.join(f'{k}={v}' for k, v in ADD.items())}",
+                                 allow_redirects=False) as response:
+                assert response.status in (200, 303, 404), (path, response.status)
+                assert_protected(response.headers)
+    assert await row_counts(db) == before, "a GET changed the database"
+    for method, path in routes:
+        if method == "POST" and path != "/admin/sign-out":
+            async with panel.post(path, data={"csrf": "not the token"}, allow_redirects=False) as response:
+                assert response.status == 403, path
+                assert "The form could not be checked" in await response.text()
+    assert await row_counts(db) == before, "a POST refused by the CSRF check changed the database"
