@@ -27,6 +27,7 @@ from storage.models import Attachment, Customer, Department, Message, Ticket, UT
 PG_DOCUMENT = ("to_tsvector('simple'::regconfig, messages.subject || ' ' || messages.from_name || ' ' || "
                "messages.from_addr || ' ' || left(messages.\"text\", 100000))")
 MAX_WORDS = 20
+MANY_MATCHES = 5000  # on SQLite, a search matching this many messages reads the tickets first (_sqlite_search)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # Tables and indexes of migration 0010 that storage/models.py does not (cannot) declare: an FTS5 virtual
@@ -68,13 +69,34 @@ def fts5_query(query: str) -> str:
     return " ".join('"' + word.replace('"', '""') + '"' for word in words(query))
 
 
-def _matching_messages(session: Session, query: str):
+def _sqlite_search(session: Session, query: str):
+    """Tickets with a message matching `query`, read the way that is fast for how many messages match.
+
+    Few: their rowids from the FTS index, then their tickets, sorted (all of them: cheap while few). Many
+    (the word is in most mail): the tickets in the list's order, each asked whether a message of it matches
+    (FTS5 looks a rowid up in the word's list), until the page is full. Either way alone is 100 times slower
+    in the other case (100,000 tickets: 110 ms against 2 ms for a common word, 1.2 s against 0.1 ms for a
+    rare one). PostgreSQL's planner makes this choice itself."""
+    fts = fts5_query(query)
+    many = session.scalar(text("SELECT count(*) FROM (SELECT 1 FROM message_search WHERE message_search MATCH :fts "
+                               "LIMIT :many)"), {"fts": fts, "many": MANY_MATCHES}) >= MANY_MATCHES
+    if many:
+        return text("EXISTS (SELECT 1 FROM messages AS m JOIN message_search ON message_search.rowid = m.id "
+                    "WHERE m.ticket_id = tickets.id AND message_search MATCH :fts)").bindparams(fts=fts)
+    rowids = text("SELECT rowid FROM message_search WHERE message_search MATCH :fts").bindparams(fts=fts).columns(
+        Message.id)
+    return Ticket.id.in_(select(Message.ticket_id).where(Message.id.in_(rowids)))
+
+
+def _search(session: Session, query: str):
     if session.get_bind().dialect.name == "sqlite":
-        rowids = text("SELECT rowid FROM message_search WHERE message_search MATCH :fts").bindparams(
-            fts=fts5_query(query)).columns(Message.id)
-        return select(Message.ticket_id).where(Message.id.in_(rowids))
+        return _sqlite_search(session, query)
     document = text(f"{PG_DOCUMENT} @@ plainto_tsquery('simple', :tsq)").bindparams(tsq=" ".join(words(query)))
-    return select(Message.ticket_id).where(document)
+    # asyncpg prepares statements; after five runs PostgreSQL may keep a generic plan, which cannot tell a
+    # rare word from a common one and computed to_tsvector on every message instead of reading the index
+    # (165 ms instead of 6 on 3,000 tickets). A plan for each query, in this transaction.
+    session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+    return Ticket.id.in_(select(Message.ticket_id).where(document))
 
 
 def _has_tag(session: Session, tag: str):
@@ -108,7 +130,7 @@ def tickets_page(session: Session, filters: Filters, *, limit: int, before: Key 
     if filters.tag:
         conditions.append(_has_tag(session, filters.tag))
     if words(filters.text):
-        conditions.append(Ticket.id.in_(_matching_messages(session, filters.text)))
+        conditions.append(_search(session, filters.text))
     if before is not None:
         at, number = before
         conditions.append(tuple_(Ticket.updated_at, Ticket.id) < tuple_(literal(at, UTCDateTime()),

@@ -8,8 +8,10 @@ import re
 from datetime import timedelta
 from email.message import EmailMessage
 
+import pytest
 from sqlalchemy import select
 
+from storage import ticket_search
 from storage.models import Attachment, AuditEntry, Message, Ticket, utcnow
 from tests.conftest import deliver
 from tests.mail import message
@@ -138,7 +140,10 @@ async def test_the_list_is_newest_first_and_filters_by_department_status_custome
     assert 'aria-describedby="status-error"' in text
 
 
-async def test_search_finds_a_word_in_the_subject_sender_or_body_of_its_ticket_only(panel, cli, db, lmtp):
+@pytest.mark.parametrize("many", [ticket_search.MANY_MATCHES, 1], ids=["few-matches", "many-matches"])
+async def test_search_finds_a_word_in_the_subject_sender_or_body_of_its_ticket_only(panel, cli, db, lmtp, many,
+                                                                                    monkeypatch):
+    monkeypatch.setattr(ticket_search, "MANY_MATCHES", many)  # SQLite reads a common word's tickets another way
     await desk(cli)
     await deliver(lmtp.port, ALICE, SUPPORT, message(frm=f"Alice Zebrafield <{ALICE}>", subject="Printer",
                                                      body="The toner smells of burnt marmalade.\n"))
@@ -363,3 +368,24 @@ async def test_existing_messages_are_searchable_after_the_migration(tmp_path):
             assert await db.run(lambda s: [t.id for t, *_ in tickets_page(s, Filters(text=word), limit=10)]) == expected
     finally:
         await db.dispose()
+
+
+async def test_the_search_reads_the_index_the_migration_made(db):
+    """PostgreSQL uses an expression index only for the very same expression: the query's must be the index's."""
+    from sqlalchemy import text
+
+    from storage.ticket_search import PG_DOCUMENT
+
+    async with db.session() as s, s.begin():
+        if db.is_sqlite:
+            plan = (await s.execute(text("EXPLAIN QUERY PLAN SELECT rowid FROM message_search "
+                                         "WHERE message_search MATCH '\"x\"'"))).all()
+            assert "VIRTUAL TABLE INDEX" in " ".join(str(row[-1]) for row in plan)
+            plan = (await s.execute(text("EXPLAIN QUERY PLAN SELECT id FROM tickets WHERE (updated_at, id) < "
+                                         "('2026-01-01', 5) ORDER BY updated_at DESC, id DESC LIMIT 51"))).all()
+            assert "ix_tickets_updated" in " ".join(str(row[-1]) for row in plan)
+        else:
+            await s.execute(text("SET LOCAL enable_seqscan = off"))
+            plan = (await s.scalars(text(f"EXPLAIN SELECT messages.id FROM messages "
+                                         f"WHERE {PG_DOCUMENT} @@ plainto_tsquery('simple', 'x')"))).all()
+            assert "ix_messages_search" in "\n".join(plan)
