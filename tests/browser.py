@@ -15,7 +15,7 @@ import aiohttp
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1000,800", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0"]
+         "--window-size=1280,900", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0"]
 
 
 class BrowserError(RuntimeError):
