@@ -191,7 +191,7 @@ async def test_pages_follow_one_another_without_overlap_or_gap(panel, db):
         closed += numbers(text)
         path = next_link(text)
     assert closed == [n for n in seen if n % 2 == 0] and len(closed) > tickets.PAGE
-    for value in ("abc", "1-", "-1", "9" * 40 + "-1"):  # not a key: the first page
+    for value in ("abc", "1-", "-1", "9" * 40 + "-1", "1-12345678901234"):  # not a key: the first page
         assert numbers(await page(panel, f"/admin/tickets?before={value}")) == seen[:tickets.PAGE]
 
 
@@ -255,7 +255,9 @@ async def test_a_hostile_message_is_shown_inert_and_its_attachments_download(pan
     other = (await add_tickets(db, 1))[0]
     await page(panel, f"/admin/tickets/{other}/attachments/{raw['../../x.html']}", status=404)
     await page(panel, f"/admin/tickets/{number}/attachments/99999", status=404)
-    await page(panel, "/admin/tickets/99999", status=404)
+    for path in ("/admin/tickets/99999", "/admin/tickets/12345678901234", "/admin/tickets/-1", "/admin/tickets/x",
+                 f"/admin/tickets/{number}/attachments/12345678901234"):
+        await page(panel, path, status=404)
 
 
 def _attach(s, message_id: int, names: dict[str, str]) -> dict[str, int]:

@@ -25,8 +25,8 @@ from web.keys import DB
 from web.panel import by, link, render
 
 FILTERS = ("department", "status", "customer", "tag", "q")
-_KEY = re.compile(r"([0-9]{1,17})-([0-9]{1,18})")  # ?before=MICROSECONDS-NUMBER
-_NUMBER = re.compile(r"[0-9]{1,18}")
+_KEY = re.compile(r"([0-9]{1,17})-([0-9]{1,9})")  # ?before=MICROSECONDS-NUMBER
+_NUMBER = re.compile(r"[0-9]{1,9}")  # ids are 32-bit on PostgreSQL: a longer one is no ticket, not an error
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
