@@ -341,33 +341,67 @@ async def test_csrf_is_checked_on_every_post_and_get_changes_nothing(panel, cli,
     assert await audit_entries(db) == []
 
 
-async def test_existing_messages_are_searchable_after_the_migration(tmp_path):
-    """0010 indexes the rows it finds (SQLite FTS5 'rebuild'), and its triggers follow later changes."""
+OLD_ROWS = ("""INSERT INTO tickets (id, subject, status, priority, tags, created_at, updated_at)
+                VALUES (1, 'Old', 'open', 'normal', '[]', '2026-01-01', '2026-01-01')""",
+            """INSERT INTO messages (id, dedup_key, ticket_id, status, from_addr, from_name, to_addrs, cc_addrs, subject,
+                text, html, sha256, size, source, source_key, envelope_sender, envelope_recipient, received_at, raw)
+                VALUES (1, 'k', 1, 'ticket', 'a@example.com', 'Ann', '[]', '[]', 'Old', 'quinoa salad', '', 'h', 1,
+                'lmtp', '', '', '', '2026-01-01', '\\x00')""")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request, tmp_path):
+    """A database with no schema yet, of each kind (PostgreSQL: its own, dropped after)."""
+    import uuid
+
+    from tests.conftest import PG_ADMIN_URL, _pg
+
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+        return
+    name = f"ticketmail_migration_{uuid.uuid4().hex[:10]}"
+    try:
+        _pg(lambda c: c.execute(f'CREATE DATABASE "{name}"'))
+    except Exception as e:  # noqa: BLE001 - as the pg_database fixture: skipped only outside CI
+        request.getfixturevalue("pg_database")
+        pytest.skip(f"PostgreSQL: {e}")
+    yield f"{PG_ADMIN_URL.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
+    _pg(lambda c: c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def test_existing_messages_are_searchable_after_the_migration(empty_url):
+    """0010 indexes the rows it finds, its triggers (SQLite) follow later changes, and it can be undone and
+    done again."""
     import asyncio
-    import sqlite3
 
     from alembic import command
+    from sqlalchemy import text
 
     from storage.database import Database, _alembic_config, upgrade_async
     from storage.ticket_search import Filters, tickets_page
 
-    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
-    await asyncio.to_thread(command.upgrade, _alembic_config(url), "0009")  # it runs a loop of its own
-    with sqlite3.connect(tmp_path / "old.db") as old:
-        old.execute("""INSERT INTO tickets (id, subject, status, priority, tags, created_at, updated_at)
-                       VALUES (1, 'Old', 'open', 'normal', '[]', '2026-01-01', '2026-01-01')""")
-        old.execute("""INSERT INTO messages (id, dedup_key, ticket_id, status, from_addr, from_name, to_addrs, cc_addrs,
-                       subject, text, html, sha256, size, source, source_key, envelope_sender, envelope_recipient,
-                       received_at, raw) VALUES (1, 'k', 1, 'ticket', 'a@example.com', 'Ann', '[]', '[]', 'Old',
-                       'quinoa salad', '', 'h', 1, 'lmtp', '', '', '', '2026-01-01', x'00')""")
-    await upgrade_async(url)
-    db = Database(url)
+    async def found(db, word):
+        return await db.run(lambda s: [t.id for t, *_ in tickets_page(s, Filters(text=word), limit=10)])
+
+    await asyncio.to_thread(command.upgrade, _alembic_config(empty_url), "0009")  # it runs a loop of its own
+    db = Database(empty_url)
     try:
-        found = await db.run(lambda s: [t.id for t, *_ in tickets_page(s, Filters(text="quinoa"), limit=10)])
-        assert found == [1]
+        async with db.engine.begin() as conn:
+            for statement in OLD_ROWS:
+                if db.is_sqlite:
+                    statement = statement.replace("'\\x00'", "x'00'")
+                await conn.execute(text(statement))
+        await upgrade_async(empty_url)
+        assert await found(db, "quinoa") == [1]
         await db.run(lambda s: setattr(s.get(Message, 1), "text", "lentil soup"), write=True)
-        for word, expected in (("quinoa", []), ("lentil", [1]), ("ann", [1])):
-            assert await db.run(lambda s: [t.id for t, *_ in tickets_page(s, Filters(text=word), limit=10)]) == expected
+        for word, expected in (("quinoa", []), ("lentil", [1]), ("ann", [1]), ("old", [1])):
+            assert await found(db, word) == expected, word
+        await asyncio.to_thread(command.downgrade, _alembic_config(empty_url), "0009")
+        await db.engine.dispose()
+        await upgrade_async(empty_url)
+        assert await found(db, "lentil") == [1]
+        await db.run(lambda s: s.delete(s.get(Message, 1)), write=True)
+        assert await found(db, "lentil") == []
     finally:
         await db.dispose()
 
