@@ -136,7 +136,7 @@ async def test_the_list_is_newest_first_and_filters_by_department_status_custome
         if not expected:
             assert "No tickets match." in text
     text = await page(panel, "/admin/tickets?status=pending", status=400)
-    assert re.search(r'id="status-error" class="error">unknown status &#39;pending&#39;', text)
+    assert re.search(r'id="status-error" class="field-error">unknown status &#39;pending&#39;', text)
     assert 'aria-describedby="status-error"' in text
 
 
@@ -310,7 +310,7 @@ async def test_status_priority_and_tags_change_with_an_audit_entry(panel, cli, d
                               ("priority", SCRIPT, "unknown priority &#39;&lt;script&gt;alert(1)&lt;/script&gt;&#39;"),
                               ("tags", ",".join(f"t{i}" for i in range(21)), "at most 20 tags")):
         _, text = await post(panel, f"{path}/{name}", token, expect=400, **{name: value})
-        assert re.search(rf'id="{name}-error" class="error">{re.escape(said)}', text), name
+        assert re.search(rf'id="{name}-error" class="field-error">{re.escape(said)}', text), name
         assert SCRIPT not in text
     again = await stored(db, number)
     assert (again.status, again.priority, again.tags) == ("closed", "urgent", ["vip", "billing"])
