@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 
-import aiohttp_session
 from aiohttp import web
 
 from storage.models import Customer, Department
@@ -19,7 +18,7 @@ from ticketmail.admin import customers, departments, held
 from ticketmail.admin.departments import UNKNOWN_SENDER, split_addresses
 from ticketmail.admin.errors import AdminError
 from web.keys import DB
-from web.panel import by, link, render
+from web.panel import by, link, notify, render, shown_once
 
 POLICIES = {
     "challenge": "Challenge: hold the mail and ask the sender to confirm",
@@ -28,17 +27,6 @@ POLICIES = {
     "hold": "Hold: keep it for an admin to review",
 }
 assert set(POLICIES) == set(UNKNOWN_SENDER)
-
-
-async def _notify(request: web.Request, notices: list[str] = (), alerts: list[str] = ()) -> None:
-    """Shown once, on the next page (post/redirect/get)."""
-    session = await aiohttp_session.get_session(request)
-    session["notices"], session["alerts"] = list(notices), list(alerts)
-
-
-async def _shown_once(request: web.Request) -> tuple[list[str], list[str]]:
-    session = await aiohttp_session.get_session(request)
-    return session.pop("notices", []), session.pop("alerts", [])
 
 
 def _place(errors: dict, e: AdminError, fields: tuple[str, ...]) -> None:
@@ -71,7 +59,7 @@ DEPARTMENT_FIELDS = ("name", "addresses", "unknown_sender")
 
 async def department_list(request: web.Request) -> web.Response:
     listed = await departments.listing(request.app[DB])
-    notices, alerts = await _shown_once(request)
+    notices, alerts = await shown_once(request)
     return render(request, "departments.html", departments=listed, policies=POLICIES, notices=notices, alerts=alerts)
 
 
@@ -97,7 +85,7 @@ async def department_add(request: web.Request) -> web.Response:
         errors = {}
         _place(errors, e, DEPARTMENT_FIELDS)
         return _department_form(request, values, errors, status=400)
-    await _notify(request, [f"Department {added.name} added ({', '.join(a.address for a in added.addresses)}; "
+    await notify(request, [f"Department {added.name} added ({', '.join(a.address for a in added.addresses)}; "
                             f"unknown senders: {added.unknown_sender})."])
     raise web.HTTPSeeOther(location=link(request, "departments"))
 
@@ -128,7 +116,7 @@ async def department_edit(request: web.Request, department: Department) -> web.R
     if edited.rules:
         alerts.append(f"These rules still name {department.name} and no longer apply to it until edited: "
                       f"{', '.join(edited.rules)}.")
-    await _notify(request, notices, alerts)
+    await notify(request, notices, alerts)
     raise web.HTTPSeeOther(location=link(request, "departments"))
 
 
@@ -143,9 +131,9 @@ async def department_remove(request: web.Request, department: Department) -> web
     try:
         name = await departments.remove(request.app[DB], department.name, by=by(request))
     except AdminError as e:
-        await _notify(request, alerts=[f"Not removed: {e}."])
+        await notify(request, alerts=[f"Not removed: {e}."])
     else:
-        await _notify(request, [f"Department {name} removed; mail to its addresses is no longer accepted."])
+        await notify(request, [f"Department {name} removed; mail to its addresses is no longer accepted."])
     raise web.HTTPSeeOther(location=link(request, "departments"))
 
 
@@ -158,7 +146,7 @@ async def customer_list(request: web.Request, *, block_values: dict | None = Non
                         status: int = 200) -> web.Response:
     text = request.query.get("q", "").strip()
     found = await customers.directory(request.app[DB], text)
-    notices, alerts = await _shown_once(request)
+    notices, alerts = await shown_once(request)
     return render(request, "customers.html", status=status, found=found, q=text, notices=notices, alerts=alerts,
                   block_values=block_values or {"email": ""}, block_errors=block_errors or {})
 
@@ -181,7 +169,7 @@ async def customer_add(request: web.Request) -> web.Response:
         errors = {}
         _place(errors, e, CUSTOMER_FIELDS)
         return _customer_form(request, values, errors, status=400)
-    await _notify(request, [f"Customer {added.email} added (verified): their mail makes tickets without a challenge."])
+    await notify(request, [f"Customer {added.email} added (verified): their mail makes tickets without a challenge."])
     raise web.HTTPSeeOther(location=link(request, "customers"))
 
 
@@ -199,14 +187,14 @@ async def customer_edit(request: web.Request, customer: Customer) -> web.Respons
         errors = {}
         _place(errors, e, ("name",))
         return _customer_form(request, {"email": customer.email, "name": name}, errors, status=400, editing=customer)
-    await _notify(request, [f"Customer {customer.email}: " + ("name saved." if changed else "nothing changed.")])
+    await notify(request, [f"Customer {customer.email}: " + ("name saved." if changed else "nothing changed.")])
     raise web.HTTPSeeOther(location=link(request, "customers"))
 
 
 @_one(Customer, "customer")
 async def customer_verify(request: web.Request, customer: Customer) -> web.Response:
     changed = await customers.verify(request.app[DB], customer.email, by=by(request))
-    await _notify(request, [f"Customer {customer.email} " + ("verified." if changed else "was already verified.")])
+    await notify(request, [f"Customer {customer.email} " + ("verified." if changed else "was already verified.")])
     raise web.HTTPSeeOther(location=link(request, "customers"))
 
 
@@ -221,9 +209,9 @@ async def customer_remove(request: web.Request, customer: Customer) -> web.Respo
     try:
         await customers.remove(request.app[DB], customer.email, by=by(request))
     except AdminError as e:
-        await _notify(request, alerts=[f"Not removed: {e}."])
+        await notify(request, alerts=[f"Not removed: {e}."])
     else:
-        await _notify(request, [f"Customer {customer.email} removed: their next mail is treated as from an "
+        await notify(request, [f"Customer {customer.email} removed: their next mail is treated as from an "
                                 "unknown sender."])
     raise web.HTTPSeeOther(location=link(request, "customers"))
 
@@ -236,7 +224,7 @@ async def sender_block(request: web.Request) -> web.Response:
         errors = {}
         _place(errors, e, ("email",))
         return await customer_list(request, block_values={"email": email}, block_errors=errors, status=400)
-    await _notify(request, [f"{blocked} blocked: their mail is deleted on arrival, and their open challenge "
+    await notify(request, [f"{blocked} blocked: their mail is deleted on arrival, and their open challenge "
                             "(if any) is closed."])
     raise web.HTTPSeeOther(location=link(request, "customers"))
 
@@ -246,9 +234,9 @@ async def sender_unblock(request: web.Request) -> web.Response:
     try:
         unblocked = await held.unblock(request.app[DB], email, by=by(request))
     except AdminError as e:
-        await _notify(request, alerts=[f"Not unblocked: {e}."])
+        await notify(request, alerts=[f"Not unblocked: {e}."])
     else:
-        await _notify(request, [f"{unblocked} unblocked: their mail is accepted again."])
+        await notify(request, [f"{unblocked} unblocked: their mail is accepted again."])
     raise web.HTTPSeeOther(location=link(request, "customers"))
 
 

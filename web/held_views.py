@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import re
 
-import aiohttp_session
 from aiohttp import web
 
 from ticketmail.admin import failed, held
 from ticketmail.admin.errors import AdminError
 from web.keys import DB, SITE
-from web.panel import by, link, render
+from web.panel import by, link, notify, render, shown_once
 
 PAGE = 100
 _DAYS = re.compile(r"[0-9]{1,5}")
@@ -33,7 +32,7 @@ async def _list(request: web.Request, tab: str, *, status: int = 200, error: str
         items = await held.rejected_page(db, limit=PAGE + 1, before=before)
     else:
         items = await failed.page(db, limit=PAGE + 1, before=before)
-    notices = (await aiohttp_session.get_session(request)).pop("notices", [])  # shown once, after a change
+    notices, _ = await shown_once(request)
     more = len(items) > PAGE
     return render(request, "held.html", status=status, tab=tab, tabs=TABS, items=items[:PAGE], notices=notices,
                   error=error, next_before=items[PAGE - 1].message.id if more else None)
@@ -52,7 +51,7 @@ async def failed_list(request: web.Request) -> web.Response:
 
 
 async def _done(request: web.Request, tab: str, notice: str) -> web.Response:
-    (await aiohttp_session.get_session(request))["notices"] = [notice]
+    await notify(request, [notice])
     raise web.HTTPSeeOther(location=link(request, TABS[tab]))
 
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 import functools
 import re
 
-import aiohttp_session
 from aiohttp import web
 
 from bridge.accounts import Secret
 from ticketmail.admin import departments, imap
 from ticketmail.admin.errors import AdminError
 from web.keys import DB
-from web.panel import PANEL, by, link, render
+from web.panel import PANEL, by, link, notify, render, shown_once
 
 FIELDS = ("name", "email", "server", "port", "security", "user", "folder", "after", "move_folder", "department",
           "poll_seconds", "ca_file")
@@ -29,17 +28,10 @@ def _accounts_page(request: web.Request) -> str:
     return link(request, "imap-accounts")
 
 
-async def _notify(request: web.Request, notices: list[str] = (), alerts: list[str] = ()) -> None:
-    """Shown once, on the next page (post/redirect/get)."""
-    session = await aiohttp_session.get_session(request)
-    session["notices"], session["alerts"] = list(notices), list(alerts)
-
-
 async def accounts(request: web.Request) -> web.Response:
     db = request.app[DB]
     listed = await imap.list_all(db)
-    session = await aiohttp_session.get_session(request)
-    notices, alerts = session.pop("notices", []), session.pop("alerts", [])
+    notices, alerts = await shown_once(request)
     return render(request, "imap_accounts.html", accounts=listed, notices=notices, alerts=alerts,
                   one_process=db.is_sqlite)
 
@@ -114,7 +106,7 @@ async def add(request: web.Request) -> web.Response:
         return await _form(request, values, errors, warnings, status=400)
     account = added.account
     report = added.report.lines(account) if added.report else ["Saved without testing the connection."]
-    await _notify(request, [*(f"Warning: {w}" for w in warnings), *report,
+    await notify(request, [*(f"Warning: {w}" for w in warnings), *report,
                             f"IMAP account {account.name} added ({account.email} on {account.where()}, "
                             f"department {new.department}); `ticketmail serve` syncs it."])
     raise web.HTTPSeeOther(location=_accounts_page(request))
@@ -173,7 +165,7 @@ async def edit(request: web.Request, account) -> web.Response:
     if account.name != name:
         notices.append(f"Renamed from {name}: rules scoped account:{name} no longer apply to it, and the mail "
                        f"imported before keeps its source imap:{name}.")
-    await _notify(request, notices)
+    await notify(request, notices)
     raise web.HTTPSeeOther(location=_accounts_page(request))
 
 
@@ -187,9 +179,9 @@ async def test(request: web.Request, account) -> web.Response:
     try:
         tested = await imap.test(request.app[DB], request.app[PANEL].bridge_config, name)
     except AdminError as e:
-        await _notify(request, alerts=[f"Test connection failed: {e}"])
+        await notify(request, alerts=[f"Test connection failed: {e}"])
     else:
-        await _notify(request, [f"Test connection of {name}:", *tested.report.lines(tested.account),
+        await notify(request, [f"Test connection of {name}:", *tested.report.lines(tested.account),
                                 f"IMAP account {name}: OK"])
     raise web.HTTPSeeOther(location=_accounts_page(request))
 
@@ -197,14 +189,14 @@ async def test(request: web.Request, account) -> web.Response:
 @_one_account
 async def enable(request: web.Request, account) -> web.Response:
     name = await imap.enable(request.app[DB], account.name, by=by(request))
-    await _notify(request, [f"IMAP account {name} enabled: `ticketmail serve` syncs it again."])
+    await notify(request, [f"IMAP account {name} enabled: `ticketmail serve` syncs it again."])
     raise web.HTTPSeeOther(location=_accounts_page(request))
 
 
 @_one_account
 async def disable(request: web.Request, account) -> web.Response:
     name = await imap.disable(request.app[DB], account.name, by=by(request))
-    await _notify(request, [f"IMAP account {name} disabled: it is not synced until enabled again."])
+    await notify(request, [f"IMAP account {name} disabled: it is not synced until enabled again."])
     raise web.HTTPSeeOther(location=_accounts_page(request))
 
 
@@ -217,7 +209,7 @@ async def remove_page(request: web.Request, account) -> web.Response:
 @_one_account
 async def remove(request: web.Request, account) -> web.Response:
     name = await imap.remove(request.app[DB], account.name, by=by(request))
-    await _notify(request, [f"IMAP account {name} removed. The mail it imported stays; nothing changed on the server."])
+    await notify(request, [f"IMAP account {name} removed. The mail it imported stays; nothing changed on the server."])
     raise web.HTTPSeeOther(location=_accounts_page(request))
 
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+import aiohttp_session
 from aiohttp import web
 
 from storage.models import AdminUser
@@ -56,6 +57,18 @@ def link(request: web.Request, target: str) -> str:
 def by(request: web.Request) -> str:
     """Who the audit log says made a change: the signed-in admin."""
     return audit.admin(request[ADMIN].name)
+
+
+async def notify(request: web.Request, notices: list[str] = (), alerts: list[str] = ()) -> None:
+    """Sentences for the page a POST redirects to (post/redirect/get), shown there once."""
+    session = await aiohttp_session.get_session(request)
+    session["notices"], session["alerts"] = list(notices), list(alerts)
+
+
+async def shown_once(request: web.Request) -> tuple[list[str], list[str]]:
+    """The notices and alerts a POST left for this page; gone once read."""
+    session = await aiohttp_session.get_session(request)
+    return session.pop("notices", []), session.pop("alerts", [])
 
 
 def next_page(value: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 
-import aiohttp_session
 from aiohttp import web
 
 from ingest.rules import ACTIONS, OPERATORS, Rule, value_key
@@ -17,7 +16,7 @@ from ingest.rules import FIELDS as RULE_FIELDS
 from ticketmail.admin import departments, rules
 from ticketmail.admin.errors import AdminError
 from web.keys import DB, SITE
-from web.panel import by, link, render
+from web.panel import by, link, notify, render, shown_once
 
 EMPTY_ROWS = 3  # blank condition and action rows the form offers below the rule's own
 MAX_ROWS = 50
@@ -37,17 +36,9 @@ def _groups(listed: list[rules.Listed]) -> list[tuple[str, list[rules.Listed]]]:
     return [(scope, groups[scope]) for scope in order]
 
 
-async def _notices(request: web.Request) -> list[str]:
-    return (await aiohttp_session.get_session(request)).pop("notices", [])
-
-
-async def _notice(request: web.Request, text: str) -> None:
-    (await aiohttp_session.get_session(request))["notices"] = [text]
-
-
 async def rule_list(request: web.Request) -> web.Response:
     listed = await rules.listed(request.app[DB])
-    return render(request, "rules.html", groups=_groups(listed), count=len(listed), notices=await _notices(request))
+    return render(request, "rules.html", groups=_groups(listed), count=len(listed), notices=(await shown_once(request))[0])
 
 
 # --- the form: a rule as form values, form values as a [[rule]] table ---------------------------
@@ -169,7 +160,7 @@ async def _save(request: web.Request, item: rules.Listed | None) -> web.Response
     except AdminError as e:
         return await _form(request, values, {_field(e, rows): str(e)}, item, status=400)
     done = "added" if item is None else "saved"
-    await _notice(request, f"Rule {saved.rule.name} {done} (#{saved.position + 1}): {saved.description}")
+    await notify(request, [f"Rule {saved.rule.name} {done} (#{saved.position + 1}): {saved.description}"])
     raise web.HTTPSeeOther(location=link(request, "rules"))
 
 
@@ -191,7 +182,7 @@ async def delete_page(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     item = await _item(request)
     name = await rules.delete(request.app[DB], item.id, by=by(request))
-    await _notice(request, f"Rule {name} deleted.")
+    await notify(request, [f"Rule {name} deleted."])
     raise web.HTTPSeeOther(location=link(request, "rules"))
 
 
@@ -200,9 +191,9 @@ async def move(request: web.Request) -> web.Response:
     direction = str((await request.post()).get("direction", ""))
     try:
         moved = await rules.move(request.app[DB], item.id, direction, by=by(request))
-        await _notice(request, f"Rule {moved.rule.name} moved {direction}: now #{moved.position + 1}.")
+        await notify(request, [f"Rule {moved.rule.name} moved {direction}: now #{moved.position + 1}."])
     except AdminError as e:
-        await _notice(request, f"Not moved: {e}.")
+        await notify(request, [f"Not moved: {e}."])
     raise web.HTTPSeeOther(location=link(request, "rules"))
 
 

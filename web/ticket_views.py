@@ -14,7 +14,6 @@ import unicodedata
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote, urlencode
 
-import aiohttp_session
 import nh3
 from aiohttp import web
 from markupsafe import Markup
@@ -22,7 +21,7 @@ from markupsafe import Markup
 from ticketmail.admin import departments, tickets
 from ticketmail.admin.errors import AdminError
 from web.keys import DB
-from web.panel import by, link, render
+from web.panel import by, link, notify, render, shown_once
 
 FILTERS = ("department", "status", "customer", "tag", "q")
 _KEY = re.compile(r"([0-9]{1,17})-([0-9]{1,9})")  # ?before=MICROSECONDS-NUMBER
@@ -57,13 +56,13 @@ async def ticket_list(request: web.Request) -> web.Response:
     chosen = {name: value for name, value in values.items() if value}
     next_url = (link(request, "tickets") + "?" + urlencode(chosen | {"before": _key_text(page.next)})
                 if page.next else None)
-    session = await aiohttp_session.get_session(request)
+    notices, _ = await shown_once(request)
     return render(request, "tickets.html", status=400 if errors else 200, page=page, values=values,
                   errors=errors, filtered=filters.any(), next_url=next_url,
                   first_url=link(request, "tickets") + ("?" + urlencode(chosen) if chosen else ""),
                   paged="before" in request.query, statuses=tickets.STATUSES,
                   departments=[d.name for d in await departments.list_all(db)],
-                  notices=session.pop("notices", []))
+                  notices=notices)
 
 
 # --- one ticket ---
@@ -106,13 +105,13 @@ async def _ticket_page(request: web.Request, number: int, errors: dict | None = 
         view = await tickets.show(request.app[DB], number)
     except AdminError:
         return _not_found(request, number)
-    session = await aiohttp_session.get_session(request)
+    notices, _ = await shown_once(request)
     ticket = view.row.ticket
     values = {"status": ticket.status, "priority": ticket.priority, "tags": ", ".join(ticket.tags)} | (values or {})
     return render(request, "ticket.html", status=400 if errors else 200, view=view, ticket=ticket,
                   errors=errors or {}, values=values, statuses=tickets.STATUSES, priorities=tickets.PRIORITIES,
                   html={m.id: safe_html(m.html) for m in view.messages if m.html},
-                  here=f"tickets/{number}", notices=session.pop("notices", []))
+                  here=f"tickets/{number}", notices=notices)
 
 
 async def ticket_page(request: web.Request) -> web.Response:
@@ -187,8 +186,7 @@ def _change(field: str, apply):
             return await _ticket_page(request, number, {field: str(e)}, {field: value})
         now = value if field != "tags" else (", ".join(tickets.parse_tags(value)) or "none")
         before = was if field != "tags" else (", ".join(was) or "none")
-        session = await aiohttp_session.get_session(request)
-        session["notices"] = [f"Ticket #{number}: {field} changed from {before} to {now}."]
+        await notify(request, [f"Ticket #{number}: {field} changed from {before} to {now}."])
         raise web.HTTPSeeOther(location=link(request, f"tickets/{number}"))
 
     return post
