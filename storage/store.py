@@ -147,7 +147,8 @@ def add_event(session, message: Message, kind: str, detail: str) -> None:
     session.add(Event(message=message, kind=kind, detail=clean(detail)))
 
 
-def _ticket_rows():
+def ticket_rows():
+    """Tickets with their department's name, customer's address and number of messages."""
     count = (
         select(func.count(Message.id)).where(Message.ticket_id == Ticket.id).correlate(Ticket).scalar_subquery()
     )
@@ -160,11 +161,11 @@ def _ticket_rows():
 
 def tickets(session) -> list[tuple[Ticket, str | None, str | None, int]]:
     """Every ticket with its department name, customer email and message count, newest first."""
-    return [tuple(r) for r in session.execute(_ticket_rows().order_by(Ticket.id.desc()))]
+    return [tuple(r) for r in session.execute(ticket_rows().order_by(Ticket.id.desc()))]
 
 
 def ticket_row(session, number: int) -> tuple[Ticket, str | None, str | None, int] | None:
-    row = session.execute(_ticket_rows().where(Ticket.id == number)).first()
+    row = session.execute(ticket_rows().where(Ticket.id == number)).first()
     return tuple(row) if row else None
 
 

@@ -17,9 +17,10 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Integer, and_, func, literal, select, text, tuple_
+from sqlalchemy import Integer, and_, literal, select, text, tuple_
 from sqlalchemy.orm import Session
 
+from storage import store
 from storage.models import Attachment, Customer, Department, Message, Ticket, UTCDateTime
 
 # The same expression as migration 0010's index, with the table named (the list joins tickets, which has a
@@ -105,21 +106,9 @@ def _has_tag(session: Session, tag: str):
     return text("CAST(tickets.tags AS jsonb) @> jsonb_build_array(CAST(:tag AS text))").bindparams(tag=tag)
 
 
-def ticket_rows():
-    """Tickets with their department's name, customer's address and number of messages."""
-    count = (
-        select(func.count(Message.id)).where(Message.ticket_id == Ticket.id).correlate(Ticket).scalar_subquery()
-    )
-    return (
-        select(Ticket, Department.name, Customer.email, count)
-        .outerjoin(Department, Department.id == Ticket.department_id)
-        .outerjoin(Customer, Customer.id == Ticket.customer_id)
-    )
-
-
 def tickets_page(session: Session, filters: Filters, *, limit: int, before: Key | None = None) -> list[tuple]:
     """Up to `limit` tickets matching `filters`, newest (by updated_at, then number) first, below `before`."""
-    query = ticket_rows().order_by(Ticket.updated_at.desc(), Ticket.id.desc()).limit(limit)
+    query = store.ticket_rows().order_by(Ticket.updated_at.desc(), Ticket.id.desc()).limit(limit)
     conditions = []
     if filters.department:
         conditions.append(Department.name == filters.department)
