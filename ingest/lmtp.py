@@ -53,6 +53,8 @@ def status_line(rcpt: str, outcome: Outcome | BaseException) -> str:
         return TEMPFAIL.format(rcpt=rcpt)
     if outcome.status == "rejected":
         return f"550 5.7.1 <{rcpt}> {outcome.reason}"
+    if outcome.status == "failed":  # stored as it came; the MTA must not offer it again
+        return f"250 2.0.0 <{rcpt}> stored, processing failed: kept for an admin to retry"
     what = f"ticket #{outcome.ticket}" if outcome.ticket else outcome.status
     return f"250 2.0.0 <{rcpt}> delivered ({what})"
 

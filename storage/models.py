@@ -121,6 +121,7 @@ class Message(Base):
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
     department_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"))
     # ticket | followup | auto_reply | held | deleted | rejected | ignored | released | purged | resubmitted
+    # | failed (deciding or acting on it raised: kept as it came, for an admin to retry)
     status: Mapped[str] = mapped_column(String(20), index=True)
     message_id: Mapped[str | None] = mapped_column(String(998), index=True)
     from_addr: Mapped[str] = mapped_column(String(320), default="", index=True)
