@@ -130,6 +130,10 @@ class Supervisor(Periodic):
         self.config_errors[row.name] += 1
         await self.db.run(imap_store.record_error, row.id, error, write=True)
 
+    def activity(self) -> dict[str, str]:
+        """What each account's sync loop in this process does now, by account name (the panel shows it)."""
+        return {account.name: sync.activity for account, _, sync in self.loops.values()}
+
     def _take_leases(self, session, account_ids: list[int]) -> set[int]:
         held = {i for i in account_ids if imap_store.take_lease(session, i, self.holder, self.lease_seconds)}
         gone = [i for i in self.loops if i not in account_ids]

@@ -86,12 +86,14 @@ class AccountSync:
         self.imported = 0  # messages handed to the pipeline by this loop (duplicates included)
         self.checkpoint = 0  # the last UID committed and acted on, as written to the database
         self._healthy = False
+        self.activity = "starting"  # what the loop does now, for the panel: connecting, syncing, idle, ...
 
     async def run(self) -> None:
         attempt = 0
         name = self.account.name
         while True:
             self._healthy = False
+            self.activity = "connecting"
             try:
                 await self._connected()
             except asyncio.CancelledError:
@@ -106,6 +108,7 @@ class AccountSync:
             delay = backoff(attempt, self.options.backoff_base, self.options.backoff_cap)
             attempt += 1
             log.warning("imap %s: %s; reconnecting in %.1f s", name, error, delay)
+            self.activity = f"reconnecting in {delay:.0f} s"
             self.reconnects[name] += 1
             await self._record_error(error)
             raise_if_cancelled()
@@ -134,10 +137,12 @@ class AccountSync:
         while True:
             raise_if_cancelled()
             conn.news.clear()
+            self.activity = "syncing"
             last_uid = await self._pass(conn, uidvalidity, last_uid, rescan_below)
             self._healthy = True
             if conn.news.is_set():
                 continue  # the server reported new mail during the pass
+            self.activity = "idle (IDLE)" if idle else f"idle (polling every {account.poll_seconds} s)"
             if idle and await conn.wait_for_news(self.options.idle_seconds):
                 continue
             if not idle:

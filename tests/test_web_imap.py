@@ -7,18 +7,23 @@ import asyncio
 import re
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.accounts import decrypt, load_key
+from bridge.accounts import Secret, decrypt, load_key
 from ingest.delivery import Delivery
 from storage import imap_store
 from storage.models import utcnow
+from tests.bridge_helpers import add_account, bridge_key, departments, run_bridge, wait_until  # noqa: F401 - fixtures
 from tests.dovecot import USERS, dovecot, free_port  # noqa: F401 - dovecot is a fixture
 from tests.mail import message
 from tests.panel_helpers import csrf_of, form_token, panel, sign_in  # noqa: F401 - panel is a fixture
 from tests.test_web_confirm import assert_protected
-from ticketmail.admin import audit
+from ticketmail.admin import admins, audit
+from ticketmail.config import Config
+from web.app import create_app
 from web.keys import DB
 from web.panel import PANEL
+from web.views import SERVICES, Services
 
 SUPPORT = "support@xyzhosting.com"
 ADD = {"name": "support-inbox", "email": SUPPORT, "server": "imap.example.net", "port": "993", "security": "tls",
@@ -355,3 +360,28 @@ async def test_pointing_an_account_at_other_mail_starts_its_checkpoint_again(pan
                               allow_redirects=False) as response:
             assert response.status == 303
         assert await db.run(imap_store.checkpoint, account.id) == checkpoint, change
+
+
+async def test_the_list_shows_what_each_sync_loop_is_doing_now(db, dovecot, add_account, run_bridge, tmp_path):
+    """The panel runs in the serve process beside the bridge: the account's loop says idle (IDLE) once it
+    waits for new mail, and 'reconnecting' after its server is gone."""
+    assert (await add_account(dovecot))[0] == 0
+    supervisor = await run_bridge()
+    config = Config(database_url=db.url)
+    config.bridge.key_file = str(tmp_path / "secret.key")
+    app = create_app(db, config)
+    app[SERVICES] = services = Services()
+    services.imap_activity = supervisor.activity
+    await admins.add(db, "alice", Secret("correct horse battery"), by="test")
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        await signed_in(client)
+
+        async def shows(words: str) -> bool:
+            return bool(re.search(f"<strong>{words}</strong> in this process", await page(client, "/admin/imap-accounts")))
+
+        await wait_until(lambda: shows(r"idle \(IDLE\)"), 15, "the account shown idle in IDLE")
+        async with client.get("/healthz") as response:  # and the health check says so too
+            [account] = (await response.json())["imap_accounts"]
+            assert (response.status, account["name"], account["activity"]) == (200, "support", "idle (IDLE)")
+        await asyncio.to_thread(dovecot.stop)
+        await wait_until(lambda: shows(r"reconnecting in \d+ s"), 15, "the account shown reconnecting")

@@ -57,6 +57,7 @@ async def serve(config: Config) -> int:
                                                resubmission_days=config.resubmission_days, metrics=metrics)))
         services = Services("writer", "lmtp")  # what /healthz reports beside the database
         services.watch("writer", pipeline.trouble)
+        services.imap_activity = bridge.activity
         await run(_running(bridge, pipeline))  # IMAP accounts: one sync loop each
         await run(_web_app(db, config, services))
         if metrics:

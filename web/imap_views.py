@@ -14,6 +14,7 @@ from ticketmail.admin import departments, imap
 from ticketmail.admin.errors import AdminError
 from web.keys import DB
 from web.panel import PANEL, by, link, notify, render, shown_once
+from web.views import SERVICES
 
 FIELDS = ("name", "email", "server", "port", "security", "user", "folder", "after", "move_folder", "department",
           "poll_seconds", "ca_file")
@@ -32,8 +33,9 @@ async def accounts(request: web.Request) -> web.Response:
     db = request.app[DB]
     listed = await imap.list_all(db)
     notices, alerts = await shown_once(request)
+    services = request.app.get(SERVICES)  # None: an app not run by serve (tests) has no bridge beside it
     return render(request, "imap_accounts.html", accounts=listed, notices=notices, alerts=alerts,
-                  one_process=db.is_sqlite)
+                  one_process=db.is_sqlite, activity=services.imap_activity() if services else {})
 
 
 # --- the add and edit form ---

@@ -24,6 +24,8 @@ class Services:
 
     def __init__(self, *expected: str):
         self._checks: dict[str, Callable[[], str]] = {name: (lambda: "not started") for name in expected}
+        # What each IMAP account's sync loop in this process does now, by name (the bridge's Supervisor).
+        self.imap_activity: Callable[[], dict[str, str]] = dict
 
     def watch(self, name: str, trouble: Callable[[], str]) -> None:
         self._checks[name] = trouble
@@ -53,6 +55,10 @@ async def health(request: web.Request) -> web.Response:
     for name, trouble in (services.states() if services else {}).items():
         components[name] = {"ok": True} if not trouble else {"ok": False, "error": trouble}
     components["web"] = {"ok": True}  # it answers this
+    activity = services.imap_activity() if services else {}
+    for account in imap or ():
+        if account["name"] in activity:  # synced by this process: what its loop does now
+            account["activity"] = activity[account["name"]]
     failing = [name for name, state in components.items() if not state["ok"]]
     body = {"status": "failing" if failing else "ok", "failing": failing, "components": components,
             "imap_accounts": imap}
