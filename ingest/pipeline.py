@@ -90,9 +90,12 @@ class Pipeline:
         self.died = ""  # how it died
         self._stopping = False
         self.metrics = metrics
+        self.directory_seconds = 5.0  # how stale the recipients' snapshot may be (see department_for)
+        self._directory_checked = 0.0
 
     async def start(self) -> None:
         await self.db.run(self._directory.current)
+        self._directory_checked = time.monotonic()
         await self._writer.start(writer_pipe.Start(self.db.url, self.ticket_prefix, self.challenge,
                                                    self.resubmission_days))
         self._running = True
@@ -121,11 +124,13 @@ class Pipeline:
 
     async def department_for(self, address: str) -> DepartmentInfo | None:
         """The department owning an envelope recipient. A recipient the snapshot does not know makes
-        it check the revision (a department added since): checking it for every recipient would cost
-        this process more than the rest of a delivery."""
+        it check the revision (a department added since), and so does a snapshot older than
+        `directory_seconds` (an address removed or moved since): checking it for every recipient would
+        cost this process more than the rest of a delivery."""
         found = self.directory.department_for(address)
-        if found is None:
+        if found is None or time.monotonic() - self._directory_checked > self.directory_seconds:
             found = (await self.db.run(self._directory.current)).department_for(address)
+            self._directory_checked = time.monotonic()
         return found
 
     async def deliver(self, delivery: Delivery, parsed: ParsedMessage | None = None) -> Outcome:

@@ -244,3 +244,20 @@ async def test_the_greeting_names_this_host_or_the_configured_name(pipeline):
             assert await asyncio.to_thread(greeting, listener.port) == f"220 {shown} ticketmail LMTP\r\n".encode()
         finally:
             await listener.stop(grace=1)
+
+
+@one_database
+async def test_an_address_taken_from_its_department_is_refused_at_rcpt_once_the_snapshot_is_stale(cli, db, lmtp):
+    """The LMTP side places recipients from a snapshot; one older than directory_seconds is checked
+    against the database's revision, so a removed address is refused at RCPT, not accepted and held."""
+    from ticketmail.admin import departments
+
+    assert (await cli("department", "add", "Support", "--address", "support@xyzhosting.com",
+                      "--address", "help@xyzhosting.com", "--unknown-sender", "accept"))[0] == 0
+    [(code, _)] = await deliver(lmtp.port, "alice@customer.example", ["help@xyzhosting.com"], message())
+    assert code == codes.OK
+    await departments.edit(db, "Support", new_name="Support", addresses=["support@xyzhosting.com"],
+                           unknown_sender="accept", by="test")
+    lmtp.handler.pipeline.directory_seconds = 0  # stale at once (5 s in serve)
+    [(code, text)] = await deliver(lmtp.port, "alice@customer.example", ["help@xyzhosting.com"], message())
+    assert (code, text) == (codes.REFUSED, b"5.1.1 <help@xyzhosting.com> no such mailbox here")
