@@ -16,6 +16,7 @@ from storage.database import Database, SchemaOutdated, describe, upgrade_async
 from storage.files import sqlite_path
 from ticketmail import commands, imap_commands
 from ticketmail import config as configuration
+from ticketmail.admin import tickets as ticket_admin
 from ticketmail.admin.departments import UNKNOWN_SENDER
 from ticketmail.admin.errors import AdminError
 from ticketmail.terminal import fail
@@ -48,13 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--address", action="append", required=True, help="an address it owns; *@domain for all")
     add.add_argument("--unknown-sender", choices=UNKNOWN_SENDER, default="challenge")
     _json(dept.add_parser("list", help="list departments"))
+    edit = dept.add_parser("edit", help="rename a department, replace its addresses or change its policy")
+    edit.add_argument("name")
+    edit.add_argument("--rename", metavar="NEW", help="its new name (rules naming the old one are not changed)")
+    edit.add_argument("--address", action="append", help="replaces all its addresses (repeat for several)")
+    edit.add_argument("--unknown-sender", choices=UNKNOWN_SENDER)
+    dept.add_parser("remove", help="remove a department nothing refers to").add_argument("name")
 
     cust = sub.add_parser("customer", help="customers").add_subparsers(dest="action", required=True)
     add = cust.add_parser("add", help="add a known customer")
     add.add_argument("email")
     add.add_argument("--name", default="")
-    _json(cust.add_parser("list", help="list customers"))
+    _json(cust.add_parser("list", help="list customers")).add_argument(
+        "--search", metavar="TEXT", help="only those whose address or name contains TEXT (any case)")
     cust.add_parser("remove", help="remove a customer").add_argument("email")
+    rename = cust.add_parser("rename", help="set a customer's name")
+    rename.add_argument("email")
+    rename.add_argument("name")
+    cust.add_parser("verify", help="mark a customer verified (their held mail is released)").add_argument("email")
 
     rules = sub.add_parser("rules", help="processing rules").add_subparsers(dest="action", required=True)
     rules.add_parser("import", help="replace all rules with those of a TOML file").add_argument("file")
@@ -66,7 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     move.add_argument("direction", choices=("up", "down"))
 
     tickets = sub.add_parser("tickets", help="tickets").add_subparsers(dest="action", required=True)
-    _json(tickets.add_parser("list", help="list tickets"))
+    listing = _json(tickets.add_parser("list", help="list tickets, most recently updated first"))
+    listing.add_argument("--status", choices=ticket_admin.STATUSES)
+    listing.add_argument("--department", metavar="NAME")
+    listing.add_argument("--customer", metavar="ADDR", help="the customer's address")
+    listing.add_argument("--tag", metavar="T")
+    listing.add_argument("--search", metavar="WORDS", help="tickets with a message having every word")
+    listing.add_argument("--limit", type=_positive, metavar="N", help="at most N tickets (default: all)")
+    change = tickets.add_parser("set", help="set a ticket's status, priority or tags")
+    change.add_argument("number", type=int)
+    change.add_argument("--status", choices=ticket_admin.STATUSES)
+    change.add_argument("--priority", choices=ticket_admin.PRIORITIES)
+    change.add_argument("--tags", metavar='"A, B"', help='replaces all its tags ("" for none)')
     show = _json(tickets.add_parser("show", help="show a ticket and its messages"))
     show.add_argument("number", type=int)
 
@@ -78,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     discard = held.add_parser("discard", help="drop a held message (kept until purge); --block its sender too")
     discard.add_argument("id", type=int)
     discard.add_argument("--block", action="store_true", help="delete the sender's future mail on arrival")
+    held.add_parser("block", help="delete a sender's mail on arrival from now on").add_argument("email")
     held.add_parser("unblock", help="accept mail from a blocked sender again").add_argument("email")
     _json(held.add_parser("failed", help="list messages whose processing failed (stored as they arrived)"))
     held.add_parser("retry", help="process a failed message again").add_argument("id", type=int)
@@ -114,9 +138,41 @@ def _imap_parser(sub) -> None:
     add.add_argument("--no-test", action="store_true", help="save without connecting first")
     _json(imap.add_parser("list", help="list accounts and their sync status (never passwords)"))
     _json(imap.add_parser("test", help="connect, log in and open the folder")).add_argument("name")
+    _imap_edit_parser(imap)
     imap.add_parser("remove", help="remove an account (its imported mail stays)").add_argument("name")
     imap.add_parser("enable", help="sync the account again").add_argument("name")
     imap.add_parser("disable", help="stop syncing the account").add_argument("name")
+
+
+def _imap_edit_parser(imap) -> None:
+    edit = imap.add_parser("edit", help="change an account's settings (those not given stay), then test it")
+    edit.add_argument("name")
+    edit.add_argument("--name", dest="new_name", metavar="NEW", help="rename the account")
+    edit.add_argument("--email")
+    edit.add_argument("--server")
+    edit.add_argument("--port", type=int, help="kept, unless --security changes and it was the old default")
+    edit.add_argument("--security", choices=["tls", "starttls", "none"])
+    edit.add_argument("--user", help='login name ("" for the email address)')
+    edit.add_argument("--folder")
+    edit.add_argument("--after", help="seen | move:FOLDER | delete")
+    edit.add_argument("--department", help='"" for the department that owns the email address')
+    edit.add_argument("--poll-seconds", type=int)
+    edit.add_argument("--ca-file", help='trust only this CA (PEM); "" for the system\'s CAs')
+    edit.add_argument("--verify-tls", action=argparse.BooleanOptionalAction, help="verify the TLS certificate")
+    password = edit.add_mutually_exclusive_group()
+    password.add_argument("--password", action="store_true", help="ask a new password (twice)")
+    password.add_argument("--password-stdin", action="store_true", help="read a new password from standard input")
+    edit.add_argument("--no-test", action="store_true", help="save without connecting first")
+
+
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return number
 
 
 def _json(parser):
@@ -128,9 +184,13 @@ def _json(parser):
 COMMANDS = {
     ("department", "add"): commands.department_add,
     ("department", "list"): commands.department_list,
+    ("department", "edit"): commands.department_edit,
+    ("department", "remove"): commands.department_remove,
     ("customer", "add"): commands.customer_add,
     ("customer", "list"): commands.customer_list,
     ("customer", "remove"): commands.customer_remove,
+    ("customer", "rename"): commands.customer_rename,
+    ("customer", "verify"): commands.customer_verify,
     ("rules", "import"): commands.rules_import,
     ("rules", "export"): commands.rules_export,
     ("rules", "list"): commands.rules_list,
@@ -138,16 +198,19 @@ COMMANDS = {
     ("rules", "move"): commands.rules_move,
     ("tickets", "list"): commands.tickets_list,
     ("tickets", "show"): commands.tickets_show,
+    ("tickets", "set"): commands.tickets_set,
     ("held", "list"): commands.held_list,
     ("held", "release"): commands.held_release,
     ("held", "purge"): commands.held_purge,
     ("held", "discard"): commands.held_discard,
+    ("held", "block"): commands.held_block,
     ("held", "unblock"): commands.held_unblock,
     ("held", "failed"): commands.held_failed,
     ("held", "retry"): commands.held_retry,
     ("imap", "add"): imap_commands.imap_add,
     ("imap", "list"): imap_commands.imap_list,
     ("imap", "test"): imap_commands.imap_test,
+    ("imap", "edit"): imap_commands.imap_edit,
     ("imap", "remove"): imap_commands.imap_remove,
     ("imap", "enable"): imap_commands.imap_enable,
     ("imap", "disable"): imap_commands.imap_disable,

@@ -11,7 +11,7 @@ from ingest.challenges import ChallengeSettings
 from ingest.rules import rule_to_data
 from ticketmail.admin import admins, customers, departments, failed, held, rules, tickets
 from ticketmail.admin.errors import AdminError
-from ticketmail.terminal import emit, iso, one_line, password, say
+from ticketmail.terminal import emit, iso, one_line, password, say, warn
 
 
 def _cli_user() -> str:
@@ -38,16 +38,50 @@ async def department_list(db, config, args):
                            for d in data])
 
 
+async def department_edit(db, config, args):
+    department, addresses = await departments.get(db, args.name)  # what is not given stays as stored
+    done = await departments.edit(
+        db, department.name, new_name=department.name if args.rename is None else args.rename,
+        addresses=addresses if args.address is None else args.address,
+        unknown_sender=args.unknown_sender or department.unknown_sender, by=BY)
+    say(f"department {done.name} edited: {'; '.join(done.changes)}" if done.changes
+        else f"department {done.name}: nothing changed")
+    if done.rules:
+        warn(f"these rules still name {department.name} and no longer apply to {done.name} until edited: "
+             f"{', '.join(done.rules)}")
+
+
+async def department_remove(db, config, args):
+    say(f"department {await departments.remove(db, args.name, by=BY)} removed")
+
+
 async def customer_add(db, config, args):
     customer = await customers.add(db, args.email, args.name, added_by="cli", by=BY)
     say(f"customer {customer.email} added")
 
 
 async def customer_list(db, config, args):
+    listed = (await customers.list_all(db) if args.search is None
+              else (await customers.directory(db, args.search)).customers)
     data = [{"email": c.email, "name": c.name, "verified": c.verified, "added_by": c.added_by,
-             "created_at": iso(c.created_at)} for c in await customers.list_all(db)]
+             "created_at": iso(c.created_at)} for c in listed]
     emit(data, args.json, [f"{one_line(c['email'])}\t{one_line(c['name'])}\t"
-                           f"{'verified' if c['verified'] else 'unverified'} ({c['added_by']})" for c in data])
+                           f"{'verified' if c['verified'] else 'unverified'} ({c['added_by']})" for c in data]
+         or ([f"no customer's address or name contains {one_line(args.search)!r}"] if args.search else []))
+
+
+async def customer_rename(db, config, args):
+    email = args.email.strip().lower()
+    if await customers.rename(db, args.email, args.name, by=BY):
+        say(f"customer {email} renamed {args.name.strip()!r}" if args.name.strip() else f"customer {email}: name cleared")
+    else:
+        say(f"customer {email}: name unchanged")
+
+
+async def customer_verify(db, config, args):
+    email = args.email.strip().lower()
+    say(f"customer {email} verified (their mail waiting on a challenge is released by a running `serve`)"
+        if await customers.verify(db, args.email, by=BY) else f"customer {email} was already verified")
 
 
 async def customer_remove(db, config, args):
@@ -89,11 +123,39 @@ def _ticket_data(row: tickets.TicketRow) -> dict:
             "created_at": iso(t.created_at), "updated_at": iso(t.updated_at)}
 
 
+# Without --limit, every matching ticket in one read: one snapshot, as the listing always was. Pages read one
+# after another (keyset, by updated_at) would miss a ticket updated while the listing runs.
+EVERY = 1_000_000_000
+
+
 async def tickets_list(db, config, args):
-    data = [_ticket_data(row) for row in await tickets.list_all(db)]
+    department = (await departments.get(db, args.department))[0].name if args.department else ""  # any case
+    filters = tickets.Filters(department=department, status=args.status or "", customer=args.customer or "",
+                              tag=args.tag or "", text=args.search or "")
+    page = await tickets.page(db, filters, limit=args.limit or EVERY)
+    data = [_ticket_data(row) for row in page.rows]
     emit(data, args.json, [f"#{t['number']}\t{t['status']}\t{t['department'] or '-'}\t"
                            f"{one_line(t['customer'] or '-')}\t{t['messages']} msg\t{one_line(t['subject'])}"
-                           for t in data] or ["no tickets"])
+                           for t in data] or ["no tickets" + (" match" if filters.any() else "")])
+    if page.next is not None:  # on stderr: stdout stays the rows (or the JSON document) a script reads
+        print(f"ticketmail: the {len(data)} most recently updated shown; more match (raise --limit)",
+              file=sys.stderr)
+
+
+async def tickets_set(db, config, args):
+    if args.status is None and args.priority is None and args.tags is None:
+        raise AdminError("nothing to set: give --status, --priority or --tags")
+    tags = None if args.tags is None else tickets.parse_tags(args.tags)  # checked before anything changes
+    changes = []
+    if args.status is not None:
+        changes.append(f"status {await tickets.set_status(db, args.number, args.status, by=BY)} -> {args.status}")
+    if args.priority is not None:
+        was = await tickets.set_priority(db, args.number, args.priority, by=BY)
+        changes.append(f"priority {was} -> {args.priority}")
+    if tags is not None:
+        was = await tickets.set_tags(db, args.number, tags, by=BY)
+        changes.append(f"tags {one_line(', '.join(was)) or '(none)'} -> {one_line(', '.join(tags)) or '(none)'}")
+    say(f"ticket #{args.number}: {'; '.join(changes)}")
 
 
 def _message_data(m) -> dict:
@@ -141,6 +203,11 @@ async def held_discard(db, config, args):
     done = await held.discard(db, args.id, block=args.block, by=BY)
     blocked = f"; {done.sender} blocked{_still_held(done.sender, done.still_held)}" if done.blocked else ""
     say(f"message {args.id} discarded{blocked}")
+
+
+async def held_block(db, config, args):
+    say(f"{await customers.block(db, args.email, by=BY)} blocked: their mail is deleted on arrival "
+        "(`held unblock` lifts it)")
 
 
 async def held_unblock(db, config, args):

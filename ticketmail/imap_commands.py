@@ -1,11 +1,11 @@
-"""What `ticketmail imap add|list|test|remove|enable|disable` print, and the password prompt.
+"""What `ticketmail imap add|edit|list|test|remove|enable|disable` print, and the password prompt.
 
 The password is asked twice without echo (or read from --password-stdin) and never printed.
 """
 
 from __future__ import annotations
 
-from bridge.accounts import Secret
+from bridge.accounts import SECURITY_PORTS, Secret
 from ticketmail.admin import imap
 from ticketmail.commands import BY
 from ticketmail.terminal import emit, iso, one_line, password, say, warn
@@ -78,3 +78,30 @@ async def imap_enable(db, config, args):
 
 async def imap_disable(db, config, args):
     say(f"imap account {await imap.disable(db, args.name, by=BY)} disabled")
+
+
+async def imap_edit(db, config, args):
+    row = await imap.get(db, args.name)  # what is not given stays as stored
+
+    def given(value, stored):
+        return stored if value is None else value
+
+    security = given(args.security, row.security)
+    port = args.port
+    if port is None:  # the old security's standard port follows a new --security; any other port stays
+        port = None if security != row.security and row.port == SECURITY_PORTS[row.security] else row.port
+    new_password = _password(args) if args.password or args.password_stdin else None
+    edited = await imap.edit(
+        db, config.bridge, row.name, new_name=given(args.new_name, row.name), email=given(args.email, row.email),
+        server=given(args.server, row.server), port=port, security=security, user=given(args.user, row.username),
+        folder=given(args.folder, row.folder), after=given(args.after, row.after_action),
+        department=given(args.department, row.department.name if row.department else ""),
+        poll_seconds=given(args.poll_seconds, row.poll_seconds), ca_file=given(args.ca_file, row.ca_file),
+        verify_tls=given(args.verify_tls, row.verify_tls), password=new_password, check=not args.no_test,
+        warn=warn, by=BY)
+    if edited.report:
+        for line in edited.report.lines(edited.account):
+            say(f"  {line}")
+    name = edited.account.name
+    say(f"imap account {name} edited: {'; '.join(edited.changes)}" if edited.changes
+        else f"imap account {name}: nothing changed")
