@@ -11,9 +11,9 @@ import sys
 
 from bridge.accounts import decrypt, load_key
 from storage import imap_store
-from tests.bridge_helpers import SALES, SUPPORT, bridge_key, departments  # noqa: F401 - fixtures
-from tests.conftest import deliver
-from tests.dovecot import free_port
+from tests.bridge_helpers import SALES, SUPPORT, add_account, bridge_key, departments  # noqa: F401 - fixtures
+from tests.conftest import deliver, one_database
+from tests.dovecot import dovecot, free_port  # noqa: F401 - fixture
 from tests.mail import message
 from ticketmail import config as configuration
 from ticketmail.admin import audit
@@ -164,7 +164,8 @@ async def tickets_on_two_desks(cli, lmtp) -> None:
 
 async def test_tickets_set_and_list_filters(cli, db, lmtp):
     await tickets_on_two_desks(cli, lmtp)
-    code, out, err = await cli("tickets", "set", "1", "--status", "closed", "--priority", "high", "--tags", "vip, billing")
+    code, out, err = await cli("tickets", "set", "1", "--status", "closed", "--priority", "high",
+                               "--tags", "vip, billing")
     assert (code, out, err) == (0, "ticket #1: status open -> closed; priority normal -> high; "
                                    "tags (none) -> vip, billing\n", "")
     assert await audited(db, 3) == [(BY, "ticket.tags", "#1", "(none) -> vip, billing"),
@@ -247,9 +248,7 @@ async def test_imap_edit_keeps_what_is_not_given(cli, db, monkeypatch, bridge_ke
     assert await cli("imap", "edit", "support", "--name", "desk", "--password", "--no-test") == (
         0, "imap account desk edited: name support -> desk; password changed\n", "")
     assert prompts == ["IMAP password for support: ", "Repeat the password: "]
-    row = await db.run(imap_store.account_by_name, "desk")
-    key = load_key(configuration.load(None).bridge)
-    assert decrypt(key, row.password_encrypted, row.name).reveal() == "new-pw"
+    assert stored_password(await db.run(imap_store.account_by_name, "desk")) == "new-pw"
     [entry] = await audit.recent(db, limit=1)
     assert "new-pw" not in entry.detail and entry.detail == "name support -> desk; password changed"
     assert [a["name"] for a in await as_json(cli, "imap", "list")] == ["desk"]
@@ -269,3 +268,29 @@ async def test_imap_edit_refusals_change_nothing(cli, db, monkeypatch, bridge_ke
     assert (code, out) == (1, "") and "imap test support:" in err and err.endswith("(nothing changed)\n")
     assert await as_json(cli, "imap", "list") == [before]
     assert [e.action for e in await audit.recent(db, limit=1)] == ["imap.add"]
+
+
+def stored_password(db_row) -> str:
+    return decrypt(load_key(configuration.load(None).bridge), db_row.password_encrypted, db_row.name).reveal()
+
+
+@one_database
+async def test_imap_edit_tests_the_new_settings_against_dovecot(cli, db, monkeypatch, dovecot, add_account):
+    code, _, err = await add_account(dovecot)
+    assert code == 0, err
+    code, out, err = await cli("imap", "edit", "support", "--folder", "Nowhere")
+    assert (code, out, err.count("\n")) == (1, "", 1) and "Nowhere" in err and err.endswith("(nothing changed)\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("wrong-pw\n"))
+    code, _, err = await cli("imap", "edit", "support", "--password-stdin")
+    assert code == 1 and "(nothing changed)" in err
+    assert stored_password(await db.run(imap_store.account_by_name, "support")) == "support-pw"
+
+    code, out, err = await cli("imap", "edit", "support", "--poll-seconds", "30")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].startswith(f"  connected to 127.0.0.1:{dovecot.tls_port} (TLS")
+    assert "  logged in as support" in lines
+    assert lines[-1] == "imap account support edited: poll_seconds 60 -> 30"
+    [listed] = await as_json(cli, "imap", "list")
+    assert listed["poll_seconds"] == 30
+    assert [e.action for e in await audit.recent(db, limit=2)] == ["imap.edit", "imap.add"]

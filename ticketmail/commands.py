@@ -67,15 +67,16 @@ async def customer_list(db, config, args):
              "created_at": iso(c.created_at)} for c in listed]
     emit(data, args.json, [f"{one_line(c['email'])}\t{one_line(c['name'])}\t"
                            f"{'verified' if c['verified'] else 'unverified'} ({c['added_by']})" for c in data]
-         or ([f"no customer's address or name contains {one_line(args.search)!r}"] if args.search else []))
+         or ([f"no customer's address or name contains {args.search!r}"] if args.search else []))
 
 
 async def customer_rename(db, config, args):
     email = args.email.strip().lower()
-    if await customers.rename(db, args.email, args.name, by=BY):
-        say(f"customer {email} renamed {args.name.strip()!r}" if args.name.strip() else f"customer {email}: name cleared")
-    else:
+    name = args.name.strip()
+    if not await customers.rename(db, args.email, name, by=BY):
         say(f"customer {email}: name unchanged")
+    else:
+        say(f"customer {email} renamed {name!r}" if name else f"customer {email}: name cleared")
 
 
 async def customer_verify(db, config, args):
