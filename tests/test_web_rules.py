@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 
+import aiohttp
 import pytest
 from sqlalchemy import func, select
 
@@ -367,3 +369,32 @@ async def test_the_admin_functions_keep_positions_dense_and_find_rules_by_name(d
     assert [(i.position, i.rule.name) for i in await rules.listed(db)] == [(0, "A"), (1, "D"), (2, "C")]
     with pytest.raises(AdminError, match='there is no rule named "B"'):
         await rules.named(db, "B")
+
+
+async def test_the_whole_list_is_exported_and_imported_as_a_rules_file(panel, cli):
+    """As `rules export` and `rules import`: the download reads back to the same rules; a wrong file,
+    typed or uploaded, changes nothing and says why."""
+    await signed_in(panel, cli)
+    await create(panel, "Urgent", conditions=[("subject", "contains", "urgent")], actions=[("priority", "high")])
+    await create(panel, "Sales mail", conditions=[("to", "contains", "sales@")], actions=[("assign", "Sales")])
+    async with panel.get("/admin/rules/export") as response:
+        assert response.status == 200 and response.headers["Content-Disposition"].startswith("attachment;")
+        downloaded = await response.text()
+    assert downloaded == await exported(cli)
+
+    token = await form_token(panel, "/admin/rules/import")
+    bad = downloaded.replace('department = "Sales"', 'department = "Nowhere"')
+    async with await post(panel, "/admin/rules/import", {"csrf": token, "text": bad}) as response:
+        text = await response.text()
+        assert response.status == 400 and "assigns unknown department &#34;Nowhere&#34;" in text
+    assert await exported(cli) == downloaded  # nothing changed
+
+    reordered = downloaded.split("[[rule]]")
+    swapped = "[[rule]]".join([reordered[0], reordered[2].rstrip("\n") + "\n\n", reordered[1].rstrip("\n") + "\n"])
+    form = aiohttp.FormData({"csrf": token})
+    form.add_field("file", swapped.encode(), filename="rules.toml", content_type="text/plain")
+    async with panel.post("/admin/rules/import", data=form, allow_redirects=False) as response:
+        assert response.status == 303, await response.text()
+    code, out, _ = await cli("rules", "list", "--json")
+    assert [r["name"] for r in json.loads(out)] == ["Sales mail", "Urgent"]
+    assert (await audit_actions(panel))[-1] == ("admin alice", "rules.replace", "2 rules")

@@ -243,8 +243,39 @@ async def try_rules(request: web.Request) -> web.Response:
     return await _try_form(request, values, {}, trial)
 
 
+# --- the whole list as a rules file, as `ticketmail rules export|import` ---
+
+
+async def export(request: web.Request) -> web.Response:
+    """The rules as the TOML file `rules import` reads back, as a download."""
+    text = await rules.export(request.app[DB])
+    return web.Response(text=text, content_type="text/plain", charset="utf-8",
+                        headers={"Content-Disposition": 'attachment; filename="ticketmail-rules.toml"'})
+
+
+async def import_page(request: web.Request, text: str = "", error: str = "", status: int = 200) -> web.Response:
+    return render(request, "rules_import.html", status=status, text=text, error=error)
+
+
+async def import_file(request: web.Request) -> web.Response:
+    """Replace every rule with those of the posted file; nothing changes if any of them is wrong."""
+    form = await request.post()
+    upload = form.get("file")
+    text = upload.file.read().decode("utf-8", "replace") if isinstance(upload, web.FileField) else ""
+    text = text or str(form.get("text", ""))
+    try:
+        imported = await rules.replace(request.app[DB], text, by=by(request))
+    except AdminError as e:
+        return await import_page(request, text, str(e), status=400)
+    await notify(request, [f"{len(imported)} rules imported; they replace the rules there were."])
+    raise web.HTTPSeeOther(location=link(request, "rules"))
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/admin/rules", rule_list)
+    router.add_get("/admin/rules/export", export)
+    router.add_get("/admin/rules/import", import_page)
+    router.add_post("/admin/rules/import", import_file)
     router.add_get("/admin/rules/new", new_page)
     router.add_post("/admin/rules/new", create)
     router.add_get("/admin/rules/try", try_page)
