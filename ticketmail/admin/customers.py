@@ -68,9 +68,10 @@ async def directory(db, text: str = "") -> Directory:
 
 
 def _customer(s, email: str) -> Customer:
-    customer = store.customer_by_email(s, email)
+    """The customer `email` names, as typed (spaces and case as `customer add` stores it)."""
+    customer = store.customer_by_email(s, email.strip().lower())
     if customer is None:
-        raise AdminError(f"no customer {email}")
+        raise AdminError(f"no customer {email.strip()}")
     return customer
 
 
