@@ -266,6 +266,13 @@ async def test_serve_tells_systemd_when_it_is_ready_and_when_it_stops(db_url, tm
 UNIT = Path(__file__).parent.parent / "contrib" / "ticketmail.service"
 
 
+def test_the_readme_shows_the_units_own_lines():
+    """The README's unit is the core of contrib/ticketmail.service, not a second one drifting apart."""
+    shown = re.search(r"```ini\n(.*?)```", (UNIT.parent.parent / "README.md").read_text(), re.S).group(1)
+    unit = UNIT.read_text().splitlines()
+    assert [line for line in shown.splitlines() if line and line not in unit] == []
+
+
 def test_the_example_unit_passes_systemd_analyze_verify(tmp_path):
     """systemd-analyze is not one of the servers the suite requires (PostgreSQL, Dovecot, Postfix,
     Chromium), so without it this test is skipped, under CI too."""
