@@ -7,7 +7,7 @@ why it ended where it did.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ingest import automatic, challenges, threading
 from ingest.directory import DepartmentInfo, Directory
@@ -21,6 +21,7 @@ from storage.models import Customer, Ticket, utcnow
 class Decision:
     action: str  # create | append | hold | delete | reject | ignore
     reason: str
+    step: str = field(default="", compare=False)  # the step of CHAIN that decided (decide() sets it)
 
 
 @dataclass
@@ -278,5 +279,5 @@ def decide(ctx: Context) -> Decision:
     for step in CHAIN:
         decision = step(ctx)
         if decision:
-            return decision
+            return replace(decision, step=step.__name__)
     raise AssertionError("the last step, challenge, always decides")

@@ -22,3 +22,4 @@ class Outcome:
     ticket: int | None
     reason: str
     duplicate: bool = False
+    step: str = ""  # the step of ingest/chain.py's CHAIN that decided; "" if nothing was decided now

@@ -172,7 +172,7 @@ class Pipeline:
         }
         delivery_log.info("delivery", extra={"fields": fields})
         if self.metrics:
-            self.metrics.delivered(d.source, fields["outcome"], seconds, result.reason if stored else "")
+            self.metrics.delivered(d.source, fields["outcome"], seconds, result.step if stored else "")
 
     async def _read_answers(self) -> None:
         try:

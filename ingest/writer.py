@@ -214,9 +214,10 @@ class Writer:
                         f"{copy.envelope_sender or '<>'} to {copy.envelope_recipient}")
 
     def _process(self, session, job: Job, key: str, seen: dict[str, Message], resubmitted: str | None,
-                 first: dict[str, Message]) -> tuple[Message, str, bool]:
-        """Record, decide and act on one delivery; returns the stored message, the reason, and
-        whether it had been stored before (the same delivery, or the same message resubmitted)."""
+                 first: dict[str, Message]) -> tuple:
+        """Record, decide and act on one delivery; returns the stored message, the reason, whether it
+        had been stored before (the same delivery, or the same message resubmitted), and which step
+        decided (when one did)."""
         if key in seen:
             return seen[key], "already delivered", True
         d, parsed = job.delivery, job.parsed
@@ -246,7 +247,7 @@ class Writer:
             ctx.note("parse-warning", warning)
         decision = chain.decide(ctx)
         tickets.act(ctx, message, decision)
-        return message, decision.reason, False
+        return message, decision.reason, False, decision.step
 
 
 def failure(error: BaseException) -> str:
@@ -255,8 +256,8 @@ def failure(error: BaseException) -> str:
     return store.clean(f"{type(error).__name__}: {text[0]}" if text else type(error).__name__)[:500]
 
 
-def outcome(message: Message, reason: str, duplicate: bool = False) -> Outcome:
-    return Outcome(message.status, message.ticket_id, reason, duplicate)
+def outcome(message: Message, reason: str, duplicate: bool = False, step: str = "") -> Outcome:
+    return Outcome(message.status, message.ticket_id, reason, duplicate, step)
 
 
 def dedup_key(delivery: Delivery, directory: Directory) -> str:

@@ -20,21 +20,16 @@ from storage import health
 
 log = logging.getLogger(__name__)
 
-# The held reasons of ingest/chain.py's challenge steps, told apart by words each contains: why no
-# challenge mail went out for a held message ("sent": one did).
-CHALLENGE_DECISIONS = (
-    ("held without a challenge", "suppressed"),  # automatic mail, robots, our own mail, spam
-    ("held for review, no challenge", "unauthenticated"),
-    ("challenged once the budget allows", "rate_cap"),
-    ("waits for the challenge sent", "joined"),
-    ("no address of its own", "no_address"),
-    ("challenges unknown senders", "sent"),
-)
-
-
-def challenge_decision(reason: str) -> str | None:
-    """What the challenge steps decided for a held message, from its reason; None: not theirs."""
-    return next((decision for words, decision in CHALLENGE_DECISIONS if words in reason), None)
+# The challenge steps of ingest/chain.py's CHAIN, by what their decision means for the challenge mail:
+# sent (one went out), or why none did.
+CHALLENGE_STEPS = {
+    "challenge": "sent",
+    "challenge_suppressed": "suppressed",  # automatic mail, robots, our own mail, spam
+    "challenge_unauthenticated": "unauthenticated",
+    "challenge_capped": "rate_cap",
+    "challenge_joined": "joined",
+    "challenge_without_address": "no_address",
+}
 
 
 class Metrics:
@@ -65,15 +60,16 @@ class Metrics:
 
     # --- what the pipeline reports (ingest/pipeline.py) ---
 
-    def delivered(self, source: str, outcome: str, seconds: float, reason: str) -> None:
+    def delivered(self, source: str, outcome: str, seconds: float, step: str) -> None:
+        """One delivery: `step` is the CHAIN step that decided it ("" when none did now)."""
         source = "imap" if source.startswith("imap:") else source  # the account: in the log line
         self.received.labels(source, outcome).inc()
         self.latency.labels(source).observe(seconds)
-        decision = challenge_decision(reason) if outcome == "held" else None
-        if decision == "sent":
+        challenge = CHALLENGE_STEPS.get(step)
+        if challenge == "sent":
             self.challenges_sent.inc()
-        elif decision:
-            self.challenges_suppressed.labels(decision).inc()
+        elif challenge:
+            self.challenges_suppressed.labels(challenge).inc()
 
     def committed(self, size: int) -> None:
         self.group_size.observe(size)
