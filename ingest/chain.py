@@ -152,11 +152,11 @@ def sender_standing(ctx: Context) -> Decision | None:
 
 
 def blocked_sender(ctx: Context) -> Decision | None:
-    """A sender blocked by `held discard --block` is deleted on arrival (after sender_standing: a
-    customer's mail never is)."""
+    """A sender an admin blocked (`held discard --block`, `held block`, the panel) is deleted on arrival,
+    a customer, a follow-up or a sender a rule trusts too: blocking is how an admin stops someone's mail."""
     if challenge_store.is_blocked(ctx.session, ctx.sender_address):
-        return Decision("delete", f"sender {ctx.sender_address} is blocked (held discard --block); the raw "
-                                  "message is kept until `held purge`")
+        return Decision("delete", f"sender {ctx.sender_address} is blocked by an admin (held unblock lifts it); "
+                                  "the raw message is kept until `held purge`")
     return None
 
 
@@ -262,9 +262,9 @@ CHAIN = (
     detect_loop,  # our own addresses coming back: ignore
     detect_auto_reply,  # bounces, RFC 3834, Precedence, List-*: mark, never a new ticket
     apply_rules,  # the admin's processing rules: delete, assign, priority, tag, trust
+    blocked_sender,  # blocked by an admin (held discard --block, held block): delete, a customer's too
     find_followup,  # In-Reply-To/References, or the subject reference from someone on the ticket
     sender_standing,  # known customer (or trusted by rule): a new ticket
-    blocked_sender,  # held discard --block: delete
     unknown_sender_policy,  # accept | reject | hold; challenge: the steps below
     challenge_suppressed,  # automatic mail, robots, our own mail, spam: held silently
     challenge_unauthenticated,  # the trusted MTA's verdict fails (or is missing, if so configured): held

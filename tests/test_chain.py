@@ -47,8 +47,8 @@ def rule(name: str, field: str, value: str, *actions: dict) -> dict:
 
 def test_the_order_of_decisions():
     assert [step.__name__ for step in chain.CHAIN] == [
-        "detect_loop", "detect_auto_reply", "apply_rules", "find_followup", "sender_standing",
-        "blocked_sender", "unknown_sender_policy",
+        "detect_loop", "detect_auto_reply", "apply_rules", "blocked_sender", "find_followup", "sender_standing",
+        "unknown_sender_policy",
         "challenge_suppressed", "challenge_unauthenticated", "challenge_joined", "challenge_without_address",
         "challenge_capped", "challenge"]
 
@@ -319,7 +319,7 @@ async def test_unknown_sender_policy(db):
     assert await db.run(step, "hold", BOB, SUPPORT, (chain.blocked_sender,)) == (None, None, [])
     for policy in ("accept", "hold", "challenge"):
         decision, customer, _ = await db.run(blocked, policy, "eve@evil.example")
-        assert decision == chain.Decision("delete", "sender eve@evil.example is blocked (held discard --block); "
+        assert decision == chain.Decision("delete", "sender eve@evil.example is blocked by an admin (held unblock lifts it); "
                                                     "the raw message is kept until `held purge`")
         assert customer is None
     # Challenge: the policy leaves it to the challenge steps; a robot address is never challenged, and the

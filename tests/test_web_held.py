@@ -192,7 +192,7 @@ async def test_discard_and_discard_and_block(panel, cli, db, lmtp):
     assert after["Spammy"].status == "deleted" and after["Again"].status == "deleted"
     assert f"sender {CAROL} is blocked" in after["Again"].events[-1].detail
     rejected = await page(panel, "/admin/held/rejected")
-    assert f"sender {CAROL} is blocked (held discard --block)" in rejected
+    assert f"sender {CAROL} is blocked by an admin (held unblock lifts it)" in rejected
 
 
 async def test_the_rejected_list_shows_each_reason(panel, cli, db, lmtp, tmp_path):

@@ -125,14 +125,11 @@ async def remove(db, email: str, *, by: str) -> None:
 
 
 async def block(db, email: str, *, by: str) -> str:
-    """Delete `email`'s mail on arrival from now on (as `held discard --block`) and close their open challenge;
-    returns the address as stored. A customer cannot be blocked: a customer's mail always makes tickets."""
+    """Delete `email`'s mail on arrival from now on (as `held discard --block`), a customer's too, and close
+    their open challenge; returns the address as stored."""
     email = _email(email)
 
     def block_one(s):
-        if store.customer_by_email(s, email):
-            raise AdminError(f"{email} is a customer, and a customer's mail is never deleted by a block; "
-                             "remove the customer first", field="email")
         if not challenge_store.block(s, email, "blocked by admin (customers page)"):
             raise AdminError(f"{email} is already blocked", field="email")
         challenge_store.close_open(s, email, "sender blocked by admin", utcnow())
