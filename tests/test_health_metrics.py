@@ -28,6 +28,7 @@ from ingest.delivery import Delivery
 from ingest.pipeline import Pipeline
 from storage.database import Database
 from tests.conftest import deliver, listening, one_database
+from tests.dovecot import free_port
 from tests.lmtp_session import until
 from tests.mail import message
 from ticketmail.config import Config, ConfigError, load
@@ -38,12 +39,6 @@ from web.views import SERVICES, Services
 SUPPORT = "support@xyzhosting.com"
 SALES = "sales@xyzhosting.com"
 ALICE = "alice@customer.example"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
