@@ -16,6 +16,7 @@ from tests.panel_helpers import csrf_of, form_token, panel, sign_in  # noqa: F40
 from ticketmail.admin import rules
 from ticketmail.admin.errors import AdminError
 from web.keys import DB
+from web.panel import PANEL
 
 HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(1)>'
 MAIL = (b"From: Carol <carol@customer.example>\r\nTo: support@xyzhosting.com\r\nSubject: [URGENT] server down\r\n"
@@ -398,3 +399,19 @@ async def test_the_whole_list_is_exported_and_imported_as_a_rules_file(panel, cl
     code, out, _ = await cli("rules", "list", "--json")
     assert [r["name"] for r in json.loads(out)] == ["Sales mail", "Urgent"]
     assert (await audit_actions(panel))[-1] == ("admin alice", "rules.replace", "2 rules")
+
+
+async def test_create_new_rule_from_an_imap_account_starts_in_its_scope(panel, cli):
+    """The seed's "Create New Rule" for an account's processing rules: the account's row links to the form."""
+    from bridge.accounts import Secret
+    from ticketmail.admin import imap
+
+    await signed_in(panel, cli)
+    new = await imap.prepare(panel.app[DB], "support-inbox", email="support@xyzhosting.com", server="imap.example.net",
+                             warn=[].append)
+    await imap.add(panel.app[DB], panel.app[PANEL].bridge_config, new, Secret("pw"), check=False, by="test")
+    accounts = await page(panel, "/admin/imap-accounts")
+    link = html.unescape(re.search(r'<a href="([^"]*rules/new\?scope=[^"]*)">Create New Rule</a>', accounts).group(1))
+    assert link == "rules/new?scope=account%3Asupport-inbox"
+    form = await page(panel, f"/admin/{link}")
+    assert 'name="scope" value="account:support-inbox"' in form

@@ -141,7 +141,10 @@ async def _item(request: web.Request) -> rules.Listed:
 
 
 async def new_page(request: web.Request) -> web.Response:
-    return await _form(request, _values_of(None), {})
+    """A blank rule; ?scope=account:NAME (from an IMAP account's row) or department:NAME starts it there."""
+    values = _values_of(None)
+    values["scope"] = request.query.get("scope", "").strip()[:300] or values["scope"]
+    return await _form(request, values, {})
 
 
 async def edit_page(request: web.Request) -> web.Response:
