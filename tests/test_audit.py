@@ -81,3 +81,20 @@ async def test_the_audit_page_lists_changes_newest_first_escaped_and_in_pages(pa
         page = await response.text()
     assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>" in page and "<td>cli root</td>" in page
     assert "Older changes" not in page
+
+
+async def test_setting_what_a_ticket_already_has_records_nothing(cli, db, lmtp):
+    from tests.conftest import deliver
+    from tests.mail import message
+    from ticketmail.admin import tickets
+
+    assert (await cli("department", "add", "Support", "--address", "support@xyzhosting.com",
+                      "--unknown-sender", "accept"))[0] == 0
+    await deliver(lmtp.port, "alice@customer.example", "support@xyzhosting.com", message())
+    before = len(await audit.recent(db))
+    assert await tickets.set_status(db, 1, "open", by="admin alice") == "open"
+    assert await tickets.set_priority(db, 1, "normal", by="admin alice") == "normal"
+    assert await tickets.set_tags(db, 1, [], by="admin alice") == []
+    assert len(await audit.recent(db)) == before
+    await tickets.set_status(db, 1, "closed", by="admin alice")
+    assert [(e.action, e.detail) for e in await audit.recent(db, limit=1)] == [("ticket.status", "open -> closed")]

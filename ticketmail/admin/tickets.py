@@ -94,7 +94,8 @@ async def set_status(db, number: int, status: str, *, by: str) -> str:
     def change(s):
         ticket = _ticket(s, number)
         was, ticket.status = ticket.status, status
-        audit.record(s, by, "ticket.status", f"#{number}", f"{was} -> {status}")
+        if was != status:  # a change: nothing to record otherwise
+            audit.record(s, by, "ticket.status", f"#{number}", f"{was} -> {status}")
         return was
 
     return await db.run(change, write=True)
@@ -109,7 +110,8 @@ async def set_priority(db, number: int, priority: str, *, by: str) -> str:
     def change(s):
         ticket = _ticket(s, number)
         was, ticket.priority = ticket.priority, priority
-        audit.record(s, by, "ticket.priority", f"#{number}", f"{was} -> {priority}")
+        if was != priority:
+            audit.record(s, by, "ticket.priority", f"#{number}", f"{was} -> {priority}")
         return was
 
     return await db.run(change, write=True)
@@ -133,7 +135,9 @@ async def set_tags(db, number: int, tags: list[str], *, by: str) -> list[str]:
     def change(s):
         ticket = _ticket(s, number)
         was, ticket.tags = list(ticket.tags), tags
-        audit.record(s, by, "ticket.tags", f"#{number}", f"{', '.join(was) or '(none)'} -> {', '.join(tags) or '(none)'}")
+        if was != tags:
+            audit.record(s, by, "ticket.tags", f"#{number}",
+                         f"{', '.join(was) or '(none)'} -> {', '.join(tags) or '(none)'}")
         return was
 
     return await db.run(change, write=True)
