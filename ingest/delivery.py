@@ -14,6 +14,7 @@ class Delivery:
     source_key: str = ""  # IMAP: "UIDVALIDITY/UID"
     department: str | None = None  # None: the department that owns `recipient`
     account: str = ""
+    also: tuple[str, ...] = ()  # LMTP: the recipients of the same department, who share this delivery's outcome
 
 
 @dataclass(frozen=True)

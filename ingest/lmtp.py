@@ -232,7 +232,8 @@ class Handler:
         keys = list(groups)
         outcomes = await asyncio.gather(
             *(
-                self.pipeline.deliver(Delivery(raw=raw, sender=sender, recipient=groups[k][0]), parsed)
+                self.pipeline.deliver(Delivery(raw=raw, sender=sender, recipient=groups[k][0],
+                                               also=tuple(groups[k][1:])), parsed)
                 for k in keys
             ),
             return_exceptions=True,

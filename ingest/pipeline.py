@@ -164,7 +164,7 @@ class Pipeline:
             "source": d.source,
             "message_id": parsed.message_id if parsed else message_id_of(d.raw),
             "sender": d.sender,
-            "recipient": d.recipient,
+            "recipients": [d.recipient, *d.also],
             "outcome": outcome_name(result),
             "ticket": result.ticket if stored else None,
             "reason": result.reason if stored else f"not stored: {result}",

@@ -47,8 +47,8 @@ async def test_an_lmtp_delivery_is_one_json_line_and_every_line_is_json(db_url, 
     [line] = [r for r in records if r["logger"] == "ticketmail.delivery"]
     assert line["message"] == "delivery" and line["level"] == "INFO"
     assert datetime.fromisoformat(line["time"]).utcoffset().total_seconds() == 0
-    assert {k: line[k] for k in ("source", "message_id", "sender", "recipient", "outcome", "ticket")} == {
-        "source": "lmtp", "message_id": HOSTILE_ID.strip("<>"), "sender": ALICE, "recipient": SUPPORT,
+    assert {k: line[k] for k in ("source", "message_id", "sender", "recipients", "outcome", "ticket")} == {
+        "source": "lmtp", "message_id": HOSTILE_ID.strip("<>"), "sender": ALICE, "recipients": [SUPPORT],
         "outcome": "ticket", "ticket": 1}
     assert isinstance(line["ms"], float) and line["ms"] > 0
     assert "\x1b" not in text and "\u009b" not in text  # escaped (\u001b, \u009b), not written
@@ -60,7 +60,7 @@ async def test_an_lmtp_delivery_is_one_text_line_with_its_values_escaped(db_url,
     [line] = [line for line in text.splitlines() if " ticketmail.delivery: " in line]
     pattern = (r'\S+ \S+ INFO ticketmail\.delivery: delivery source="lmtp" '
                r'message_id="evil\\u001b\[2J\\u009b31m@customer\.example" sender="alice@customer\.example" '
-               r'recipient="support@xyzhosting\.com" outcome="ticket" ticket=1 reason="[^"\\]*" ms=[0-9.]+')
+               r'recipients=\["support@xyzhosting\.com"\] outcome="ticket" ticket=1 reason="[^"\\]*" ms=[0-9.]+')
     assert re.fullmatch(pattern, line), line
     assert float(line.rsplit("ms=", 1)[1]) > 0
     assert "\x1b" not in text and "\u009b" not in text
@@ -122,7 +122,17 @@ async def test_a_delivery_through_the_imap_bridge_has_its_line(dovecot, add_acco
     await run_bridge()
     await wait_until(lambda: asyncio.sleep(0, delivery_lines["json"].getvalue()), 20, "the delivery line")
     line = json.loads(delivery_lines["json"].getvalue())
-    assert {k: line[k] for k in ("source", "message_id", "sender", "recipient", "outcome", "ticket")} == {
-        "source": "imap:support", "message_id": HOSTILE_ID.strip("<>"), "sender": ALICE, "recipient": SUPPORT,
+    assert {k: line[k] for k in ("source", "message_id", "sender", "recipients", "outcome", "ticket")} == {
+        "source": "imap:support", "message_id": HOSTILE_ID.strip("<>"), "sender": ALICE, "recipients": [SUPPORT],
         "outcome": "ticket", "ticket": 1}
     assert "\x1b" not in delivery_lines["text"].getvalue() and delivery_lines["text"].getvalue().count("\n") == 1
+
+
+async def test_recipients_of_one_department_share_one_line(db, cli, lmtp, delivery_lines):
+    """LMTP delivers once per department: the line names every recipient that shares its outcome."""
+    assert (await cli("department", "add", "Support", "--address", SUPPORT, "--address", "help@xyzhosting.com",
+                      "--unknown-sender", "accept"))[0] == 0
+    replies = await deliver(lmtp.port, ALICE, [SUPPORT, "help@xyzhosting.com"], message(frm=ALICE))
+    assert [code for code, _ in replies] == [250, 250]
+    [line] = [json.loads(text) for text in delivery_lines["json"].getvalue().splitlines()]
+    assert line["recipients"] == [SUPPORT, "help@xyzhosting.com"] and line["ticket"] == 1
