@@ -52,6 +52,18 @@ class Context:
         self.events.append((kind, detail))
 
 
+def delivery_context(session, directory: Directory, delivery, parsed: ParsedMessage, *, ticket_prefix: str,
+                     settings=None) -> Context:
+    """The Context for deciding on a delivery (ingest.delivery.Delivery): as the writer decides, as a retry
+    of failed mail and a trial of the rules do. The parse's warnings are noted first."""
+    ctx = Context(session=session, directory=directory, parsed=parsed, sender=delivery.sender,
+                  recipient=delivery.recipient, source=delivery.source, account=delivery.account,
+                  ticket_prefix=ticket_prefix, department=directory.department_of(delivery), settings=settings)
+    for warning in parsed.warnings:
+        ctx.note("parse-warning", warning)
+    return ctx
+
+
 def sender_address(message: ParsedMessage, envelope_sender: str) -> str:
     """Who the ticket is from: the From address, else the envelope sender. `message` is the parsed
     message or the stored one (storage.models.Message): both have `from_addr`, lowercased."""

@@ -27,6 +27,11 @@ class Directory:
     catchalls: dict[str, DepartmentInfo] = field(default_factory=dict)  # by domain, from *@domain
     rules: RuleSet = field(default_factory=lambda: RuleSet([]))
 
+    def department_of(self, delivery) -> DepartmentInfo | None:
+        """Where a delivery (ingest.delivery.Delivery) goes: its named department (an IMAP account's),
+        else the one owning its recipient."""
+        return self.department(delivery.department) or self.department_for(delivery.recipient)
+
     def department_for(self, address: str) -> DepartmentInfo | None:
         """The department that owns an envelope recipient: exact address first, then the domain's catch-all."""
         address = address.strip().lower()

@@ -203,9 +203,7 @@ def outcome_name(result: Outcome | BaseException) -> str:
     `resubmitted` (the same message again, ingest/resubmission.py), or `error` (not stored: retried)."""
     if not isinstance(result, Outcome):
         return "error"
-    if result.duplicate:
-        return "duplicate" if result.reason == "already delivered" else "resubmitted"
-    return result.status
+    return result.repeat or result.status
 
 
 _MESSAGE_ID = re.compile(rb"^message-id[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)

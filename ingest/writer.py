@@ -189,7 +189,7 @@ class Writer:
         return Outcome("failed", None, "processing failed; stored for an admin to retry")
 
     def _department(self, d: Delivery):
-        return self.directory.department(d.department) or self.directory.department_for(d.recipient)
+        return self.directory.department_of(d)
 
     def _resubmission_key(self, job: Job) -> str | None:
         if not self.resubmission_window:
@@ -215,39 +215,27 @@ class Writer:
 
     def _process(self, session, job: Job, key: str, seen: dict[str, Message], resubmitted: str | None,
                  first: dict[str, Message]) -> tuple:
-        """Record, decide and act on one delivery; returns the stored message, the reason, whether it
-        had been stored before (the same delivery, or the same message resubmitted), and which step
-        decided (when one did)."""
+        """Record, decide and act on one delivery; returns the stored message, the reason, whether it had
+        been stored before ("duplicate": the same delivery, "resubmitted": the same message; else ""), and
+        which step decided (when one did)."""
         if key in seen:
-            return seen[key], "already delivered", True
+            return seen[key], "already delivered", "duplicate"
         d, parsed = job.delivery, job.parsed
         message = seen[key] = record(d, parsed, key)
         session.add(message)
         store.defer_large_blob(session, message, "raw", d.raw)
         if resubmitted in first:
             self._again(session, message, first[resubmitted])
-            return first[resubmitted], "same message again", True
+            return first[resubmitted], "same message again", "resubmitted"
         if resubmitted:
             message.resubmission_key, first[resubmitted] = resubmitted, message
         for attachment in message.attachments:
             store.defer_large_blob(session, attachment, "content", attachment.content)
-        ctx = chain.Context(
-            session=session,
-            directory=self.directory,
-            parsed=parsed,
-            sender=d.sender,
-            recipient=d.recipient,
-            source=d.source,
-            account=d.account,
-            ticket_prefix=self.ticket_prefix,
-            department=self._department(d),
-            settings=self.challenge,
-        )
-        for warning in parsed.warnings:
-            ctx.note("parse-warning", warning)
+        ctx = chain.delivery_context(session, self.directory, d, parsed, ticket_prefix=self.ticket_prefix,
+                                     settings=self.challenge)
         decision = chain.decide(ctx)
         tickets.act(ctx, message, decision)
-        return message, decision.reason, False, decision.step
+        return message, decision.reason, "", decision.step
 
 
 def failure(error: BaseException) -> str:
@@ -256,8 +244,8 @@ def failure(error: BaseException) -> str:
     return store.clean(f"{type(error).__name__}: {text[0]}" if text else type(error).__name__)[:500]
 
 
-def outcome(message: Message, reason: str, duplicate: bool = False, step: str = "") -> Outcome:
-    return Outcome(message.status, message.ticket_id, reason, duplicate, step)
+def outcome(message: Message, reason: str, repeat: str = "", step: str = "") -> Outcome:
+    return Outcome(message.status, message.ticket_id, reason, repeat, step)
 
 
 def dedup_key(delivery: Delivery, directory: Directory) -> str:

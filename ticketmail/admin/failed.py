@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import DBAPIError
 
 from ingest import chain, directory, tickets
+from ingest.delivery import Delivery
 from ingest.parse import parse_message
 from ingest.writer import failure
 from storage import store
@@ -43,21 +44,14 @@ async def page(db, *, limit: int = 100, before: int | None = None) -> list[Faile
 
 
 def _context(session, message: Message, *, ticket_prefix: str, settings) -> chain.Context:
-    """The chain's Context as the writer built it for the delivery (ingest/writer.py, Writer._process)."""
+    """The chain's Context as the writer built it for the delivery: the stored message delivered again."""
     snapshot = directory.load(session)
-    department = next((d for d in snapshot.departments.values() if d.id == message.department_id), None)
-    return chain.Context(
-        session=session,
-        directory=snapshot,
-        parsed=parse_message(message.raw),
-        sender=message.envelope_sender,
-        recipient=message.envelope_recipient,
-        source=message.source,
-        account=message.source.removeprefix("imap:") if message.source.startswith("imap:") else "",
-        ticket_prefix=ticket_prefix,
-        department=department or snapshot.department_for(message.envelope_recipient),
-        settings=settings,
-    )
+    department = next((d.name for d in snapshot.departments.values() if d.id == message.department_id), None)
+    account = message.source.removeprefix("imap:") if message.source.startswith("imap:") else ""
+    again = Delivery(message.raw, message.envelope_sender, message.envelope_recipient, source=message.source,
+                     department=department, account=account)
+    return chain.delivery_context(session, snapshot, again, parse_message(message.raw), ticket_prefix=ticket_prefix,
+                                  settings=settings)
 
 
 async def retry(db, message_id: int, *, ticket_prefix: str, settings=None, by: str) -> Retried:
@@ -75,8 +69,6 @@ async def retry(db, message_id: int, *, ticket_prefix: str, settings=None, by: s
         try:
             with s.begin_nested():
                 ctx = _context(s, message, ticket_prefix=ticket_prefix, settings=settings)
-                for warning in ctx.parsed.warnings:
-                    ctx.note("parse-warning", warning)
                 decision = chain.decide(ctx)
                 ctx.note("retried", f"processed again by {by}")
                 tickets.act(ctx, message, decision)

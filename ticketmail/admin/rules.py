@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ingest import chain, directory
 from ingest.chain import Decision
+from ingest.delivery import Delivery
 from ingest.parse import parse_message
 from ingest.rules import (Rule, RuleError, RuleSet, Verdict, explain, hit_text, parse_rules, rule_to_data,
                           rules_from_data, rules_to_toml)
@@ -275,14 +276,10 @@ async def trial(db, raw: bytes | None = None, *, message_id: int | None = None, 
         if account and message_id is None:
             source = f"imap:{account}"
         snapshot = directory.load(s)
-        start = snapshot.department(department) if department else snapshot.department_for(recipient)
-        if department and start is None:
+        if department and snapshot.department(department) is None:
             raise AdminError(f'unknown department "{department}"', field="department")
-        ctx = chain.Context(session=s, directory=snapshot, parsed=parsed, sender=sender, recipient=recipient,
-                            source=source, account=account, ticket_prefix=ticket_prefix, department=start,
-                            settings=settings)
-        for warning in parsed.warnings:
-            ctx.note("parse-warning", warning)
+        delivery = Delivery(raw, sender, recipient, source=source, department=department or None, account=account)
+        ctx = chain.delivery_context(s, snapshot, delivery, parsed, ticket_prefix=ticket_prefix, settings=settings)
         savepoint = s.begin_nested()
         try:
             with s.no_autoflush:
