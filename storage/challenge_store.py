@@ -336,3 +336,20 @@ def _log(session, mail: Mail, kind: str, detail: str) -> None:
         message = session.get(Message, mail.held_message_id)
         if message is not None:
             store.add_event(session, message, kind, detail)
+
+
+def challenge_waits(session, message_ids: list[int]) -> dict[int, tuple]:
+    """For held messages waiting for a confirmation: (the wait, its challenge or None, the challenge mail's
+    state, sent_at and last_error or None) by message id. A message without a wait was held without a
+    challenge. The mail's content is not read: until sent, it carries the token."""
+    if not message_ids:
+        return {}
+    rows = session.execute(
+        select(ChallengeWait, Challenge, Outbox.state, Outbox.sent_at, Outbox.last_error)
+        .outerjoin(Challenge, Challenge.id == ChallengeWait.challenge_id)
+        .outerjoin(Outbox, Outbox.challenge_id == Challenge.id)
+        .where(ChallengeWait.message_id.in_(message_ids))
+        .order_by(Outbox.id)
+    )
+    return {wait.message_id: (wait, challenge, tuple(mail) if mail[0] else None)
+            for wait, challenge, *mail in rows}

@@ -12,14 +12,8 @@ from storage.models import (
     DepartmentAddress,
     ImapAccount,
     Message,
-    Rule,
     Ticket,
 )
-
-
-def taken_addresses(session, addresses: list[str]) -> list[str]:
-    """Which of `addresses` already belong to a department."""
-    return list(session.scalars(select(DepartmentAddress.address).where(DepartmentAddress.address.in_(addresses))))
 
 
 def address_owners(session, addresses: list[str]) -> dict[str, tuple[int, str]]:
@@ -39,6 +33,12 @@ def open_tickets(session) -> dict[int, int]:
         .group_by(Ticket.department_id)
     )
     return dict(rows.all())
+
+
+def department_addresses(session, department: Department) -> list[str]:
+    """The department's addresses in their order (challenges come from the first)."""
+    return list(session.scalars(select(DepartmentAddress.address)
+                                .where(DepartmentAddress.department_id == department.id).order_by(DepartmentAddress.id)))
 
 
 def replace_addresses(session, department: Department, addresses: list[str]) -> None:
@@ -64,20 +64,6 @@ def delete_department(session, department: Department) -> None:
     """Delete it and its addresses (bulk: its address collection is never loaded implicitly)."""
     session.execute(delete(DepartmentAddress).where(DepartmentAddress.department_id == department.id))
     session.execute(delete(Department).where(Department.id == department.id))
-
-
-def rules_naming(session, name: str) -> list[str]:
-    """The processing rules that name department `name`: scoped to it, or assigning to it."""
-    wanted = name.strip().casefold()
-    found = []
-    for rule in session.scalars(select(Rule).order_by(Rule.position)):
-        d = rule.definition
-        kind, _, scoped = str(d.get("scope", "global")).partition(":")
-        assigns = any(a.get("action") == "assign" and str(a.get("department", "")).strip().casefold() == wanted
-                      for a in d.get("actions", []))
-        if assigns or (kind == "department" and scoped.strip().casefold() == wanted):
-            found.append(rule.name)
-    return found
 
 
 def customers(session, text: str = "") -> list[Customer]:

@@ -255,25 +255,6 @@ def messages_page(session, statuses: tuple[str, ...], *, limit: int, before: int
     return list(rows)
 
 
-def challenge_waits(session, message_ids: list[int]) -> dict[int, tuple]:
-    """For held messages waiting for a confirmation: (the wait, its challenge or None, the challenge mail's
-    state, sent_at and last_error or None) by message id. A message without a wait was held without a
-    challenge. The mail's content is not read: until sent, it carries the token."""
-    from storage.models import Challenge, ChallengeWait, Outbox
-
-    if not message_ids:
-        return {}
-    rows = session.execute(
-        select(ChallengeWait, Challenge, Outbox.state, Outbox.sent_at, Outbox.last_error)
-        .outerjoin(Challenge, Challenge.id == ChallengeWait.challenge_id)
-        .outerjoin(Outbox, Outbox.challenge_id == Challenge.id)
-        .where(ChallengeWait.message_id.in_(message_ids))
-        .order_by(Outbox.id)
-    )
-    return {wait.message_id: (wait, challenge, tuple(mail) if mail[0] else None)
-            for wait, challenge, *mail in rows}
-
-
 def count_received_before(session, statuses: tuple[str, ...], before: datetime) -> int:
     """How many messages in one of `statuses` arrived before `before` (what a purge would empty)."""
     return session.scalar(

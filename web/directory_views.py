@@ -18,7 +18,7 @@ from ticketmail.admin import customers, departments, held
 from ticketmail.admin.departments import UNKNOWN_SENDER, split_addresses
 from ticketmail.admin.errors import AdminError
 from web.keys import DB
-from web.panel import by, link, notify, render, shown_once
+from web.panel import by, link, notify, place, render, shown_once
 
 POLICIES = {
     "challenge": "Challenge: hold the mail and ask the sender to confirm",
@@ -27,10 +27,6 @@ POLICIES = {
     "hold": "Hold: keep it for an admin to review",
 }
 assert set(POLICIES) == set(UNKNOWN_SENDER)
-
-
-def _place(errors: dict, e: AdminError, fields: tuple[str, ...]) -> None:
-    errors.setdefault(e.field if e.field in fields else "form", str(e))
 
 
 def _one(kind, what: str):
@@ -83,7 +79,7 @@ async def department_add(request: web.Request) -> web.Response:
                                       values["unknown_sender"], by=by(request))
     except AdminError as e:
         errors = {}
-        _place(errors, e, DEPARTMENT_FIELDS)
+        place(errors, e, DEPARTMENT_FIELDS)
         return _department_form(request, values, errors, status=400)
     await notify(request, [f"Department {added.name} added ({', '.join(a.address for a in added.addresses)}; "
                             f"unknown senders: {added.unknown_sender})."])
@@ -106,7 +102,7 @@ async def department_edit(request: web.Request, department: Department) -> web.R
                                         unknown_sender=values["unknown_sender"], by=by(request))
     except AdminError as e:
         errors = {}
-        _place(errors, e, DEPARTMENT_FIELDS)
+        place(errors, e, DEPARTMENT_FIELDS)
         return _department_form(request, values, errors, status=400, editing=department)
     if not edited.changes:
         notices = [f"Department {edited.name}: nothing changed."]
@@ -167,7 +163,7 @@ async def customer_add(request: web.Request) -> web.Response:
                                     by=by(request))
     except AdminError as e:
         errors = {}
-        _place(errors, e, CUSTOMER_FIELDS)
+        place(errors, e, CUSTOMER_FIELDS)
         return _customer_form(request, values, errors, status=400)
     await notify(request, [f"Customer {added.email} added (verified): their mail makes tickets without a challenge."])
     raise web.HTTPSeeOther(location=link(request, "customers"))
@@ -185,7 +181,7 @@ async def customer_edit(request: web.Request, customer: Customer) -> web.Respons
         changed = await customers.rename(request.app[DB], customer.email, name, by=by(request))
     except AdminError as e:
         errors = {}
-        _place(errors, e, ("name",))
+        place(errors, e, ("name",))
         return _customer_form(request, {"email": customer.email, "name": name}, errors, status=400, editing=customer)
     await notify(request, [f"Customer {customer.email}: " + ("name saved." if changed else "nothing changed.")])
     raise web.HTTPSeeOther(location=link(request, "customers"))
@@ -222,7 +218,7 @@ async def sender_block(request: web.Request) -> web.Response:
         blocked = await customers.block(request.app[DB], email, by=by(request))
     except AdminError as e:
         errors = {}
-        _place(errors, e, ("email",))
+        place(errors, e, ("email",))
         return await customer_list(request, block_values={"email": email}, block_errors=errors, status=400)
     await notify(request, [f"{blocked} blocked: their mail is deleted on arrival, and their open challenge "
                             "(if any) is closed."])

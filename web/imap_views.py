@@ -13,7 +13,7 @@ from bridge.accounts import Secret
 from ticketmail.admin import departments, imap
 from ticketmail.admin.errors import AdminError
 from web.keys import DB
-from web.panel import PANEL, by, link, notify, render, shown_once
+from web.panel import PANEL, by, link, notify, place, render, shown_once
 from web.views import SERVICES
 
 FIELDS = ("name", "email", "server", "port", "security", "user", "folder", "after", "move_folder", "department",
@@ -78,10 +78,6 @@ def _settings(values: dict) -> dict:
                 poll_seconds=int(values["poll_seconds"]), ca_file=values["ca_file"], verify_tls=values["verify_tls"])
 
 
-def _place(errors: dict, e: AdminError) -> None:
-    errors.setdefault(e.field if e.field in SHOWN else "form", str(e))
-
-
 async def add_page(request: web.Request) -> web.Response:
     return await _form(request, dict.fromkeys(FIELDS, "") | NEW | {"verify_tls": True, "test": True}, {}, [])
 
@@ -97,13 +93,13 @@ async def add(request: web.Request) -> web.Response:
         try:
             new = await imap.prepare(db, values["name"], **_settings(values), warn=warnings.append)
         except AdminError as e:
-            _place(errors, e)
+            place(errors, e, SHOWN)
     if not errors:
         try:
             added = await imap.add(db, request.app[PANEL].bridge_config, new, Secret(password),
                                    check=values["test"], by=by(request))
         except AdminError as e:
-            _place(errors, e)
+            place(errors, e, SHOWN)
     if errors:
         return await _form(request, values, errors, warnings, status=400)
     account = added.account
@@ -154,7 +150,7 @@ async def edit(request: web.Request, account) -> web.Response:
                                      password=Secret(password) if password else None, check=values["test"],
                                      warn=warnings.append, by=by(request))
         except AdminError as e:
-            _place(errors, e)
+            place(errors, e, SHOWN)
     if errors:
         return await _form(request, values, errors, warnings, status=400, editing=name)
     account = edited.account

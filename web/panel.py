@@ -19,6 +19,7 @@ from aiohttp import web
 
 from storage.models import AdminUser
 from ticketmail.admin import audit
+from ticketmail.admin.errors import AdminError
 from web import csrf, sessions
 from web.csrf import CsrfError
 from web.keys import DB, PAGES, SITE
@@ -57,6 +58,11 @@ def link(request: web.Request, target: str) -> str:
 def by(request: web.Request) -> str:
     """Who the audit log says made a change: the signed-in admin."""
     return audit.admin(request[ADMIN].name)
+
+
+def place(errors: dict, e: AdminError, fields) -> None:
+    """Put an admin-layer error beside its form field if the form has one, else above the form."""
+    errors.setdefault(e.field if e.field in fields else "form", str(e))
 
 
 async def notify(request: web.Request, notices: list[str] = (), alerts: list[str] = ()) -> None:

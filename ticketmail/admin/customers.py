@@ -12,13 +12,6 @@ from ticketmail.admin.addresses import address
 from ticketmail.admin.errors import AdminError
 
 
-def _email(text: str) -> str:
-    try:
-        return address(text)
-    except AdminError as e:
-        raise AdminError(str(e), field="email") from None
-
-
 def _name(name: str) -> str:
     name = name.strip()
     if len(name) > 200 or any(c < " " for c in name):
@@ -28,7 +21,7 @@ def _name(name: str) -> str:
 
 async def add(db, email: str, name: str = "", *, added_by: str, by: str) -> Customer:
     """A verified customer; `added_by` says where (the CLI, the web panel), `by` who (the audit log)."""
-    email, name = _email(email), _name(name)
+    email, name = address(email, field="email"), _name(name)
 
     def create(s):
         if store.customer_by_email(s, email):
@@ -127,7 +120,7 @@ async def remove(db, email: str, *, by: str) -> None:
 async def block(db, email: str, *, by: str) -> str:
     """Delete `email`'s mail on arrival from now on (as `held discard --block`), a customer's too, and close
     their open challenge; returns the address as stored."""
-    email = _email(email)
+    email = address(email, field="email")
 
     def block_one(s):
         if not challenge_store.block(s, email, "blocked by admin (customers page)"):

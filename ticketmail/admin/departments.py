@@ -9,8 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
+from ingest.rules import rules_from_data
 from storage import directory_store, store
 from storage.models import Department, DepartmentAddress
 from ticketmail.admin import audit
@@ -50,10 +49,7 @@ def _addresses(addresses: list[str]) -> list[str]:
     """Checked and lowercased, duplicates dropped, in the order given; at least one."""
     owned = []
     for a in addresses:
-        try:
-            checked = address(a, catch_all=True)
-        except AdminError as e:
-            raise AdminError(str(e), field="addresses") from None
+        checked = address(a, catch_all=True, field="addresses")
         if checked not in owned:
             owned.append(checked)
     if not owned:
@@ -114,9 +110,16 @@ def _department(s, name: str) -> Department:
     return department
 
 
-def _current_addresses(s, department: Department) -> list[str]:
-    return list(s.scalars(select(DepartmentAddress.address).where(DepartmentAddress.department_id == department.id)
-                          .order_by(DepartmentAddress.id)))
+def _rules_naming(s, name: str) -> list[str]:
+    """The processing rules that name department `name`: scoped to it, or assigning to it."""
+    wanted = name.strip().casefold()
+    named = []
+    for rule in rules_from_data([row.definition for row in store.rules(s)]):
+        kind, _, scoped = rule.scope.partition(":")
+        if (kind == "department" and scoped.strip().casefold() == wanted) or any(
+                a.action == "assign" and (a.value or "").strip().casefold() == wanted for a in rule.actions):
+            named.append(rule.name)
+    return named
 
 
 async def get(db, name: str) -> tuple[Department, list[str]]:
@@ -124,7 +127,7 @@ async def get(db, name: str) -> tuple[Department, list[str]]:
 
     def read(s):
         department = _department(s, name)
-        return department, _current_addresses(s, department)
+        return department, directory_store.department_addresses(s, department)
 
     return await db.run(read)
 
@@ -143,13 +146,13 @@ async def edit(db, name: str, *, new_name: str, addresses: list[str], unknown_se
 
     def change(s):
         department = _department(s, name)
-        old_name, old_addresses = department.name, _current_addresses(s, department)
+        old_name, old_addresses = department.name, directory_store.department_addresses(s, department)
         changes, rules = [], []
         if new_name != old_name:
             other = store.department_by_name(s, new_name)
             if other is not None and other.id != department.id:
                 raise AdminError(f"department {other.name!r} already exists", field="name")
-            rules = directory_store.rules_naming(s, old_name)
+            rules = _rules_naming(s, old_name)
             department.name = new_name
             changes.append(f"renamed from {old_name}")
         if owned != old_addresses:
@@ -174,7 +177,7 @@ async def remove(db, name: str, *, by: str) -> str:
         department = _department(s, name)
         users = [f"{n} {kind}{'s' if n != 1 else ''}"
                  for kind, n in directory_store.department_users(s, department).items()]
-        if rules := directory_store.rules_naming(s, department.name):
+        if rules := _rules_naming(s, department.name):
             users.append(f"{len(rules)} rule{'s' if len(rules) != 1 else ''} ({', '.join(rules)})")
         if users:
             what = ", ".join(users[:-1]) + " and " + users[-1] if len(users) > 1 else users[0]

@@ -117,7 +117,7 @@ async def held_page(db, *, limit: int = 100, before: int | None = None) -> list[
 
     def read(s):
         messages = store.messages_page(s, ("held",), limit=limit, before=before)
-        waits, now, names = store.challenge_waits(s, [m.id for m in messages]), utcnow(), department_names(s)
+        waits, now, names = challenge_store.challenge_waits(s, [m.id for m in messages]), utcnow(), department_names(s)
         return [Listed(m, names.get(m.department_id, ""), _reason(m, "held"), _rules(m),
                        *challenge_state(m, *waits.get(m.id, (None, None, None)), now)) for m in messages]
 

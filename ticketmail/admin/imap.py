@@ -86,10 +86,7 @@ def _settings(name, email, server, port, security, user, folder, after, poll_sec
         if not path.is_file():
             raise AdminError(f"--ca-file {ca_file}: no such file", field="ca_file")
         ca_file = str(path)
-    try:
-        email = address(email)
-    except AdminError as e:
-        raise AdminError(str(e), field="email") from None
+    email = address(email, field="email")
     if not server.strip():
         raise AdminError("the IMAP server is missing", field="server")
     if not folder.strip():
@@ -140,17 +137,20 @@ async def prepare(db, name: str, *, email: str, server: str, port: int | None = 
     return NewAccount(settings, department_id, department_name)
 
 
+async def _probe(account: Account, outcome: str = "") -> Report:
+    """`imap test`'s connection; a failure is the one sentence why, and `outcome`: what that means here."""
+    try:
+        return await probe(account, TEST_TIMEOUT)
+    except ImapError as e:
+        raise AdminError(f"imap test {account.name}: {e}{outcome}") from None
+
+
 async def add(db, bridge_config, new: NewAccount, password: Secret, *, check: bool = True, by: str) -> Tested:
     """Save the account, after connecting with `password` when `check` (if that fails, nothing is saved)."""
     if not password.reveal():
         raise AdminError("the password is empty; nothing saved", field="password")
     account = Account(id=0, password=password, department=new.department, enabled=True, **new.settings)
-    report = None
-    if check:
-        try:
-            report = await probe(account, TEST_TIMEOUT)
-        except ImapError as e:
-            raise AdminError(f"imap test {account.name}: {e} (nothing saved; --no-test saves it anyway)") from None
+    report = await _probe(account, " (nothing saved; --no-test saves it anyway)") if check else None
     try:
         key = load_key(bridge_config, create=True)
     except BridgeKeyError as e:
@@ -216,12 +216,7 @@ async def edit(db, bridge_config, name: str, *, new_name: str, email: str, serve
             raise AdminError(str(e)) from None
     account = Account(id=row.id, password=secret or Secret(""), department=department_name, enabled=row.enabled,
                       **settings)
-    report = None
-    if check:
-        try:
-            report = await probe(account, TEST_TIMEOUT)
-        except ImapError as e:
-            raise AdminError(f"imap test {account.name}: {e} (nothing changed)") from None
+    report = await _probe(account, " (nothing changed)") if check else None
     values = dict(settings, after=str(settings["after"]), department_id=department_id)
 
     def save(s):
@@ -262,10 +257,7 @@ async def test(db, bridge_config, name: str) -> Tested:
         account = account_from_row(row, decrypt(load_key(bridge_config), row.password_encrypted, row.name))
     except BridgeKeyError as e:
         raise AdminError(str(e)) from None
-    try:
-        return Tested(account, await probe(account, TEST_TIMEOUT))
-    except ImapError as e:
-        raise AdminError(f"imap test {account.name}: {e}") from None
+    return Tested(account, await _probe(account))
 
 
 async def get(db, name: str) -> ImapAccount:
