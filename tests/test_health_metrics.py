@@ -33,8 +33,8 @@ from tests.lmtp_session import until
 from tests.mail import message
 from ticketmail.config import Config, ConfigError, load
 from web.app import create_app
+from web.keys import SERVICES, Services
 from web.metrics import CHALLENGE_STEPS, Metrics
-from web.views import SERVICES, Services
 
 SUPPORT = "support@xyzhosting.com"
 SALES = "sales@xyzhosting.com"

@@ -21,9 +21,8 @@ from tests.test_web_confirm import assert_protected
 from ticketmail.admin import admins, audit
 from ticketmail.config import Config
 from web.app import create_app
-from web.keys import DB
+from web.keys import DB, SERVICES, Services
 from web.panel import PANEL
-from web.views import SERVICES, Services
 
 SUPPORT = "support@xyzhosting.com"
 ADD = {"name": "support-inbox", "email": SUPPORT, "server": "imap.example.net", "port": "993", "security": "tls",

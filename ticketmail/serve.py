@@ -29,7 +29,7 @@ from storage.files import warn_if_readable
 from ticketmail.config import Config, ConfigError
 from web import metrics as prometheus
 from web.app import Runner, create_app
-from web.views import SERVICES, Services
+from web.keys import SERVICES, Services
 
 log = logging.getLogger("ticketmail")
 

@@ -12,9 +12,8 @@ from aiohttp import web
 from bridge.accounts import Secret
 from ticketmail.admin import departments, imap
 from ticketmail.admin.errors import AdminError
-from web.keys import DB
+from web.keys import DB, SERVICES
 from web.panel import PANEL, by, link, notify, place, render, shown_once
-from web.views import SERVICES
 
 FIELDS = ("name", "email", "server", "port", "security", "user", "folder", "after", "move_folder", "department",
           "poll_seconds", "ca_file")

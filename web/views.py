@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from functools import partial
 
 from aiohttp import web
@@ -12,29 +11,10 @@ from aiohttp import web
 from ingest import confirm as confirmation
 from storage import health as database_health
 from web import csrf
-from web.keys import DB, PAGES, SITE
+from web.keys import DB, PAGES, SERVICES, SITE
 
 log = logging.getLogger(__name__)
 DATABASE_SECONDS = 5.0  # a database that hangs is as down as one that refuses
-
-
-class Services:
-    """What `serve` tells the health check about the services beside the web app: for each, a function
-    saying why it cannot work ("" when it can). One expected but not registered yet is "not started"."""
-
-    def __init__(self, *expected: str):
-        self._checks: dict[str, Callable[[], str]] = {name: (lambda: "not started") for name in expected}
-        # What each IMAP account's sync loop in this process does now, by name (the bridge's Supervisor).
-        self.imap_activity: Callable[[], dict[str, str]] = dict
-
-    def watch(self, name: str, trouble: Callable[[], str]) -> None:
-        self._checks[name] = trouble
-
-    def states(self) -> dict[str, str]:
-        return {name: trouble() for name, trouble in self._checks.items()}
-
-
-SERVICES = web.AppKey("services", Services)
 
 
 async def health(request: web.Request) -> web.Response:
