@@ -283,3 +283,15 @@ async def test_every_panel_route_needs_a_session_posts_need_the_token_and_gets_c
                 assert response.status == 403, path
                 assert "The form could not be checked" in await response.text()
     assert await row_counts(db) == before, "a POST refused by the CSRF check changed the database"
+
+async def test_an_id_beyond_the_integer_columns_is_no_row_not_an_error(panel):
+    """PostgreSQL's id columns are 32-bit: a longer number in a path or ?before= names nothing (404, or
+    the first page), where asking the database for it was a 500."""
+    async with await sign_in(panel) as response:
+        assert response.status == 303
+    for path, status in (("/admin/held/999999999999999999/discard-and-block", 404), ("/admin/tickets/99999999999", 404),
+                         ("/admin/customers/99999999999999/edit", 404), ("/admin/held?before=999999999999999999", 200),
+                         ("/admin/held/failed?before=99999999999", 200), ("/admin/audit?before=999999999999999999", 200),
+                         ("/admin/tickets/1/attachments/99999999999", 404)):
+        async with panel.get(path) as response:
+            assert response.status == status, path

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from ticketmail.admin import audit
 from web.keys import DB
-from web.panel import render
+from web.panel import render, row_id
 
 PAGE = 100
 
@@ -14,7 +14,7 @@ PAGE = 100
 async def audit_log(request: web.Request) -> web.Response:
     before = request.query.get("before", "")
     entries = await audit.recent(request.app[DB], limit=PAGE + 1,
-                                 before=int(before) if before.isdigit() and len(before) < 19 else None)
+                                 before=row_id(before))
     more = len(entries) > PAGE
     return render(request, "audit.html", entries=entries[:PAGE], next_before=entries[PAGE - 1].id if more else None)
 

@@ -18,7 +18,7 @@ from ticketmail.admin import customers, departments, held
 from ticketmail.admin.departments import UNKNOWN_SENDER, split_addresses
 from ticketmail.admin.errors import AdminError
 from web.keys import DB
-from web.panel import by, link, notify, place, render, shown_once
+from web.panel import by, link, notify, place, render, row_id, shown_once
 
 POLICIES = {
     "challenge": "Challenge: hold the mail and ask the sender to confirm",
@@ -36,8 +36,8 @@ def _one(kind, what: str):
         @functools.wraps(view)
         async def one(request: web.Request) -> web.Response:
             raw = request.match_info["id"]
-            known = raw.isdigit() and len(raw) < 10  # beyond an integer column
-            row = await request.app[DB].run(lambda s: s.get(kind, int(raw))) if known else None
+            number = row_id(raw)
+            row = await request.app[DB].run(lambda s: s.get(kind, number)) if number is not None else None
             if row is None:
                 return render(request, "panel_error.html", status=404, heading=f"No such {what}",
                               text=f"There is no {what} {raw}.")

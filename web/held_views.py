@@ -11,17 +11,16 @@ from aiohttp import web
 from ticketmail.admin import failed, held
 from ticketmail.admin.errors import AdminError
 from web.keys import DB, SITE
-from web.panel import by, link, notify, render, shown_once
+from web.panel import by, link, notify, render, row_id, shown_once
 
 PAGE = 100
 _DAYS = re.compile(r"[0-9]{1,5}")
-_ID = re.compile(r"[0-9]{1,18}")  # not str.isdigit: it takes "²", which int() refuses
 TABS = {"held": "held", "rejected": "held/rejected", "failed": "held/failed"}
 
 
 def _before(request: web.Request) -> int | None:
     before = request.query.get("before", "")
-    return int(before) if _ID.fullmatch(before) else None
+    return row_id(before)
 
 
 async def _list(request: web.Request, tab: str, *, status: int = 200, error: str = "") -> web.Response:
@@ -156,10 +155,10 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/admin/held", held_list)
     router.add_get("/admin/held/rejected", rejected_list)
     router.add_get("/admin/held/failed", failed_list)
-    router.add_post(r"/admin/held/{id:\d{1,18}}/release", release)
-    router.add_post(r"/admin/held/{id:\d{1,18}}/discard", discard)
-    router.add_get(r"/admin/held/{id:\d{1,18}}/discard-and-block", block_page)
-    router.add_post(r"/admin/held/{id:\d{1,18}}/discard-and-block", block)
-    router.add_post(r"/admin/held/failed/{id:\d{1,18}}/retry", retry)
+    router.add_post(r"/admin/held/{id:\d{1,9}}/release", release)
+    router.add_post(r"/admin/held/{id:\d{1,9}}/discard", discard)
+    router.add_get(r"/admin/held/{id:\d{1,9}}/discard-and-block", block_page)
+    router.add_post(r"/admin/held/{id:\d{1,9}}/discard-and-block", block)
+    router.add_post(r"/admin/held/failed/{id:\d{1,9}}/retry", retry)
     router.add_get("/admin/held/purge", purge_page)
     router.add_post("/admin/held/purge", purge)

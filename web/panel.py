@@ -60,6 +60,15 @@ def by(request: web.Request) -> str:
     return audit.admin(request[ADMIN].name)
 
 
+_ROW_ID = re.compile(r"[0-9]{1,9}")  # not str.isdigit: it takes "²", which int() refuses
+
+
+def row_id(text: str) -> int | None:
+    """The row a path or query names by its id, or None: the id columns are 32-bit integers on
+    PostgreSQL, so a longer number names no row (asked for, it would be an error, not a 404)."""
+    return int(text) if _ROW_ID.fullmatch(text) else None
+
+
 def place(errors: dict, e: AdminError, fields) -> None:
     """Put an admin-layer error beside its form field if the form has one, else above the form."""
     errors.setdefault(e.field if e.field in fields else "form", str(e))

@@ -21,11 +21,10 @@ from markupsafe import Markup
 from ticketmail.admin import departments, tickets
 from ticketmail.admin.errors import AdminError
 from web.keys import DB
-from web.panel import by, link, notify, render, shown_once
+from web.panel import by, link, notify, render, row_id, shown_once
 
 FILTERS = ("department", "status", "customer", "tag", "q")
 _KEY = re.compile(r"([0-9]{1,17})-([0-9]{1,9})")  # ?before=MICROSECONDS-NUMBER
-_NUMBER = re.compile(r"[0-9]{1,9}")  # ids are 32-bit on PostgreSQL: a longer one is no ticket, not an error
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -91,7 +90,7 @@ def safe_html(html: str) -> Markup:
 
 def _number(request: web.Request) -> int | None:
     value = request.match_info["number"]
-    return int(value) if _NUMBER.fullmatch(value) else None
+    return row_id(value)
 
 
 def _not_found(request: web.Request, number) -> web.Response:
@@ -154,11 +153,11 @@ def content_disposition(filename: str) -> str:
 
 
 async def download(request: web.Request) -> web.Response:
-    number, attachment_id = _number(request), request.match_info["attachment"]
-    if number is None or not _NUMBER.fullmatch(attachment_id):
+    number, attachment_id = _number(request), row_id(request.match_info["attachment"])
+    if number is None or attachment_id is None:
         raise web.HTTPNotFound()
     try:
-        found = await tickets.attachment(request.app[DB], number, int(attachment_id))
+        found = await tickets.attachment(request.app[DB], number, attachment_id)
     except AdminError:
         return render(request, "panel_error.html", status=404, heading="No such attachment",
                       text=f"Ticket #{number} has no attachment {attachment_id}.")
