@@ -17,7 +17,8 @@ from sqlalchemy import func, select
 from bridge.supervisor import Supervisor
 from bridge.sync import Options
 from storage.models import Message, Ticket
-from tests.dovecot import USERS, free_port
+from tests.dovecot import USERS
+from tests.ports import free_port
 from tests.mail import message
 from ticketmail.config import Config
 

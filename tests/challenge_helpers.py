@@ -27,17 +27,13 @@ from storage.database import Database
 from storage.models import Outbox
 from ticketmail.config import Config
 from web.app import create_app
+from tests.ports import free_port
 
 SUPPORT = "support@xyzhosting.com"
 SALES = "sales@xyzhosting.com"
 BOB = "bob@newcomer.example"
 LINK = re.compile(r"http://127\.0\.0\.1:\d+/confirm/[A-Za-z0-9_-]+")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -22,14 +22,10 @@ import time
 from pathlib import Path
 
 import trustme
+from tests.ports import free_port
 
 DOVECOT = shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _live_in_group(pgid: int) -> bool:

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.dovecot import free_port
+from tests.ports import free_port
 
 POSTFIX = shutil.which("postfix", path=os.environ.get("PATH", "") + ":/usr/sbin")
 DOMAIN = "xyzhosting.com"

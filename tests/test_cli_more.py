@@ -13,7 +13,8 @@ from bridge.accounts import decrypt, load_key
 from storage import imap_store
 from tests.bridge_helpers import SALES, SUPPORT, add_account, bridge_key, departments  # noqa: F401 - fixtures
 from tests.conftest import deliver, one_database
-from tests.dovecot import dovecot, free_port  # noqa: F401 - fixture
+from tests.dovecot import dovecot  # noqa: F401 - fixture
+from tests.ports import free_port
 from tests.mail import message
 from ticketmail import config as configuration
 from ticketmail.admin import audit

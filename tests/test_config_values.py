@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from tests.test_crash import free_port, start_server
+from tests.ports import free_port
+from tests.test_crash import start_server
 from ticketmail import config as configuration
 
 

@@ -20,14 +20,10 @@ from tests import statuscodes as codes
 from tests.conftest import one_database
 from tests.lmtp_session import Session, code_of
 from tests.mail import message
+from tests.ports import free_port
 
 SUPPORT = "support@xyzhosting.com"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(db_url: str, port: int, log) -> subprocess.Popen:

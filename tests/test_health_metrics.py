@@ -28,7 +28,7 @@ from ingest.delivery import Delivery
 from ingest.pipeline import Pipeline
 from storage.database import Database
 from tests.conftest import deliver, listening, one_database
-from tests.dovecot import free_port
+from tests.ports import free_port, refusing_port
 from tests.lmtp_session import until
 from tests.mail import message
 from ticketmail.config import Config, ConfigError, load
@@ -85,6 +85,13 @@ def samples(text: str) -> dict[tuple, float]:
 
 
 @pytest.fixture
+def refused():
+    """A loopback port where nothing answers, held for the whole test."""
+    with refusing_port() as port:
+        yield port
+
+
+@pytest.fixture
 def key_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TICKETMAIL_BRIDGE_KEY_FILE", str(tmp_path / "secret.key"))
 
@@ -107,8 +114,9 @@ def greeting(port: int) -> tuple[socket.socket, bytes]:
     return conn, conn.recv(200)
 
 
-async def test_serve_reports_its_health_and_counts_what_it_delivered(db_url, cli, key_file, monkeypatch, tmp_path):
-    await add_directory(cli, monkeypatch, imap_port=free_port())
+async def test_serve_reports_its_health_and_counts_what_it_delivered(db_url, cli, key_file, monkeypatch, tmp_path,
+                                                                    refused):
+    await add_directory(cli, monkeypatch, imap_port=refused)
     async with serving(db_url, tmp_path, METRICS_ENABLED="true", LMTP_MAX_SESSIONS="1") as served:
         status, text = await get(served.url("/healthz"))
         assert status == 200, text
@@ -211,9 +219,9 @@ async def test_a_dead_writer_is_named_and_healthz_answers_503(db):
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-async def test_an_unreachable_database_is_named_and_healthz_answers_503(kind, tmp_path):
+async def test_an_unreachable_database_is_named_and_healthz_answers_503(kind, tmp_path, refused):
     url = {"sqlite": f"sqlite+aiosqlite:///{tmp_path}/no/such/dir/ticketmail.db",
-           "postgresql": f"postgresql+asyncpg://ticketmail:db-secret@127.0.0.1:{free_port()}/ticketmail"}[kind]
+           "postgresql": f"postgresql+asyncpg://ticketmail:db-secret@127.0.0.1:{refused}/ticketmail"}[kind]
     db = Database(url)
     app = create_app(db, Config(database_url=url))
     client = TestClient(TestServer(app, host="127.0.0.1"))

@@ -10,7 +10,8 @@ import signal
 from ingest.logs import RepeatedErrors
 from tests.conftest import deliver
 from tests.mail import message
-from tests.test_crash import free_port, start_server
+from tests.ports import free_port
+from tests.test_crash import start_server
 from tests.test_lmtp import SUPPORT, _break_storage_for, _repair_storage
 
 

@@ -17,7 +17,8 @@ from sqlalchemy import select
 
 from storage.models import Attachment, Message
 from tests.conftest import deliver
-from tests.test_crash import free_port, start_server
+from tests.ports import free_port
+from tests.test_crash import start_server
 
 SUPPORT = "support@xyzhosting.com"
 

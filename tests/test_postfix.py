@@ -15,7 +15,7 @@ import pytest
 from ingest.lmtp import Limits, LMTPListener
 from tests.challenge_helpers import SmtpSink, as_json
 from tests.conftest import listening, one_database
-from tests.dovecot import free_port
+from tests.ports import free_port
 from tests.mail import message
 from tests.postfix import Postfix, unavailable
 

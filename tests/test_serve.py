@@ -14,17 +14,13 @@ import pytest
 # process becomes the parent of serve's orphans the moment serve exits.
 REAPER = """
 import ctypes, os, subprocess, sys
+from tests.ports import free_port
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 code = subprocess.call(sys.argv[1:])
 subprocess.call(["pgrep", "-a", "-P", str(os.getpid())])
 sys.exit(code)
 """
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("taken", ["web", "lmtp"])  # started next to last, and last

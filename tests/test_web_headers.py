@@ -12,7 +12,7 @@ import sys
 import time
 
 from tests.conftest import one_database
-from tests.dovecot import free_port
+from tests.ports import free_port
 from tests.test_web_confirm import assert_protected
 
 

@@ -14,7 +14,8 @@ from ingest.delivery import Delivery
 from storage import imap_store
 from storage.models import utcnow
 from tests.bridge_helpers import add_account, bridge_key, departments, run_bridge, wait_until  # noqa: F401 - fixtures
-from tests.dovecot import USERS, dovecot, free_port  # noqa: F401 - dovecot is a fixture
+from tests.dovecot import USERS, dovecot  # noqa: F401 - dovecot is a fixture
+from tests.ports import refusing_port
 from tests.mail import message
 from tests.panel_helpers import csrf_of, form_token, panel, sign_in  # noqa: F401 - panel is a fixture
 from tests.test_web_confirm import assert_protected
@@ -302,10 +303,10 @@ async def test_test_connection_against_dovecot_and_a_closed_port(panel, support,
     listed = await page(panel, "/admin/imap-accounts")
     assert "logged in as support" in listed and "IMAP account support-inbox saved: poll_seconds 60 -&gt; 30." in listed
 
-    closed = free_port()
-    await add(panel, name="closed", server="127.0.0.1", port=str(closed), security="none")
-    async with panel.post("/admin/imap-accounts/closed/test", data={"csrf": token}) as response:
-        listed = await response.text()
+    with refusing_port() as closed:
+        await add(panel, name="closed", server="127.0.0.1", port=str(closed), security="none")
+        async with panel.post("/admin/imap-accounts/closed/test", data={"csrf": token}) as response:
+            listed = await response.text()
     assert f'<p role="alert">Test connection failed: imap test closed: connection to 127.0.0.1:{closed} ' \
            "refused (no IMAP server listening there?)</p>" in listed
 
