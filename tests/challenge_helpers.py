@@ -25,9 +25,9 @@ from ingest.pipeline import Pipeline
 from ingest.sweeper import Sweeper
 from storage.database import Database
 from storage.models import Outbox
+from tests.ports import free_port
 from ticketmail.config import Config
 from web.app import create_app
-from tests.ports import free_port
 
 SUPPORT = "support@xyzhosting.com"
 SALES = "sales@xyzhosting.com"

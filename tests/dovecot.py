@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import trustme
+
 from tests.ports import free_port
 
 DOVECOT = shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None)

@@ -10,11 +10,12 @@ import sys
 
 import pytest
 
+from tests.ports import free_port
+
 # Runs serve and then lists the processes serve started that outlived it: as a child subreaper, this
 # process becomes the parent of serve's orphans the moment serve exits.
 REAPER = """
 import ctypes, os, subprocess, sys
-from tests.ports import free_port
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 code = subprocess.call(sys.argv[1:])
 subprocess.call(["pgrep", "-a", "-P", str(os.getpid())])
