@@ -266,6 +266,20 @@ async def test_serve_tells_systemd_when_it_is_ready_and_when_it_stops(db_url, tm
         assert await asyncio.to_thread(notify.recv, 100) == b"STOPPING=1"
 
 
+@one_database
+async def test_serve_says_where_the_panel_is_and_how_to_add_its_first_admin(db_url, cli, monkeypatch, tmp_path):
+    hint = "no admin can sign in yet: add one with `ticketmail admin add NAME`"
+    async with serving(db_url, tmp_path) as served:
+        log = served.log.read_text()
+        assert f"admin panel at http://127.0.0.1:{served.web}/admin/" in log and hint in log
+        assert log.index(hint) < log.index("ready")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a long enough password\n"))
+    assert (await cli("admin", "add", "alice"))[0] == 0
+    async with serving(db_url, tmp_path) as served:
+        log = served.log.read_text()  # the hint would come before "ready", which serving waited for
+        assert f"admin panel at http://127.0.0.1:{served.web}/admin/" in log and hint not in log
+
+
 UNIT = Path(__file__).parent.parent / "contrib" / "ticketmail.service"
 
 

@@ -26,6 +26,7 @@ from ingest.sweeper import Sweeper
 from ingest.unix_socket import group_id
 from storage.database import Database
 from storage.files import warn_if_readable
+from ticketmail.admin import admins
 from ticketmail.config import Config, ConfigError
 from web import metrics as prometheus
 from web.app import Runner, create_app
@@ -59,7 +60,7 @@ async def serve(config: Config) -> int:
         services.watch("writer", pipeline.trouble)
         services.imap_activity = bridge.activity
         await run(_running(bridge, pipeline))  # IMAP accounts: one sync loop each
-        await run(_web_app(db, config, services))
+        panel = await run(_web_app(db, config, services))
         if metrics:
             await run(_metrics(metrics, db, config))
         lmtp = await run(_lmtp(pipeline, config))
@@ -69,6 +70,9 @@ async def serve(config: Config) -> int:
             metrics.watch_bridge(bridge)
         where = config.lmtp.socket or f"{config.lmtp.host}:{lmtp.port}"
         also = f", metrics on {config.metrics.host}:{config.metrics.port}" if metrics else ""
+        log.info("admin panel at %s", panel)
+        if not await admins.list_all(db):
+            log.warning("no admin can sign in yet: add one with `ticketmail admin add NAME`")
         log.info("LMTP on %s, web on %s:%s%s; ready", where, config.web.host, config.web.port, also)
         _notify("READY=1")
         await _until_stopped(stop, pipeline, repeated)
@@ -122,6 +126,7 @@ async def _lmtp(pipeline: Pipeline, config: Config):
 
 @asynccontextmanager
 async def _web_app(db: Database, config: Config, services: Services):
+    """The web app (confirmation pages, the admin panel) on [web] host, port; yields the panel's address."""
     app = create_app(db, config)
     app[SERVICES] = services
     runner = Runner(app, access_log=None)  # our headers on aiohttp's own 400s too
@@ -129,7 +134,8 @@ async def _web_app(db: Database, config: Config, services: Services):
     try:
         with _listening("the web app", f"{config.web.host}:{config.web.port}", "[web] host, port"):
             await web.TCPSite(runner, config.web.host, config.web.port).start()
-        yield runner
+        host, port = runner.addresses[0][:2]
+        yield f"http://{f'[{host}]' if ':' in host else host}:{port}/admin/"  # the panel's address
     finally:
         await runner.cleanup()
 
