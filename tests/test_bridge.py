@@ -4,6 +4,7 @@ deliver it, tickets read back as a user would (`tickets list`, `imap list`)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 
@@ -16,6 +17,7 @@ from storage import imap_store
 from storage.models import ImapAccount, Message
 from tests import statuscodes as codes
 from tests.bridge_helpers import (  # noqa: F401 - fixtures
+    FAST,
     SALES,
     SUPPORT,
     add_account,
@@ -91,12 +93,14 @@ async def test_imap_list_never_shows_the_password_and_it_is_encrypted_at_rest(
     assert bridge_key.stat().st_mode & 0o777 == 0o600
 
 
-async def test_message_appended_during_idle_becomes_a_ticket_within_two_seconds(
+async def test_message_appended_during_idle_becomes_a_ticket_on_the_servers_push(
         dovecot, add_account, run_bridge, db, cli, caplog):
+    """The push, not the next look: IDLE is renewed only after 600 s here, so a ticket within 30 s came from
+    the server's EXISTS (how fast is bench/imap_bench.py's measure, not a test's)."""
     caplog.set_level(logging.DEBUG, logger="aioimaplib")
     await asyncio.to_thread(dovecot.append, "support", mails(1, "before"))
     assert (await add_account(dovecot))[0] == 0
-    await run_bridge()
+    await run_bridge(dataclasses.replace(FAST, idle_seconds=600))
     await synced_to(cli, 1)
 
     async def idling():  # aioimaplib logs the server's go-ahead to IDLE, which comes after the first pass
@@ -105,7 +109,7 @@ async def test_message_appended_during_idle_becomes_a_ticket_within_two_seconds(
     await wait_until(idling, 10, "the sync loop to wait in IDLE")
 
     await asyncio.to_thread(dovecot.append, "support", mails(1, "during idle"))
-    assert await tickets_at_least(db, 2, timeout=2.0) == 2, "not a ticket within 2 s of the APPEND"
+    assert await tickets_at_least(db, 2, timeout=30) == 2
     assert "during idle 0" in {t["subject"] for t in await tickets(cli)}
 
 
