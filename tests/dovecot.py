@@ -246,6 +246,12 @@ service imap-login {{
                 c.create(folder)
             for raw in messages:
                 typ, data = c.append(folder, flags or None, None, raw)
+                if typ == "NO" and data[0].startswith(b"[TRYCREATE]"):
+                    # A folder deleted and made anew while another session (the bridge's) had it selected:
+                    # Dovecot may still see the old one go ("Mailbox was deleted under us"). TRYCREATE says
+                    # to create it and try again (RFC 3501 6.3.11).
+                    c.create(folder)
+                    typ, data = c.append(folder, flags or None, None, raw)
                 assert typ == "OK", data
                 uids.append(int(data[0].split(b"]")[0].split()[-1]))  # [APPENDUID validity uid]
         return uids
