@@ -59,13 +59,21 @@ async def test_department_edit_keeps_what_is_not_given_and_remove(cli, db, tmp_p
     assert listed["addresses"] == ["help@xyz.example", "*@help.example"]  # kept when no --address is given
 
     rules = tmp_path / "rules.toml"
-    rules.write_text('[[rule]]\nname = "to-helpdesk"\nconditions = [{ field = "subject", op = "contains", '
-                     'value = "help" }]\nactions = [{ action = "assign", department = "Helpdesk" }]\n')
+    rules.write_text('[[rule]]\nname = "to-helpdesk"\nscope = "department:helpdesk"\nconditions = [{ field = '
+                     '"subject", op = "contains", value = "help" }]\nactions = [{ action = "assign", department = '
+                     '"Helpdesk" }]\n\n[[rule]]\nname = "others"\nconditions = [{ field = "subject", op = "contains", '
+                     'value = "x" }]\nactions = [{ action = "tag", tag = "helpdesk" }]\n')
     assert (await cli("rules", "import", str(rules)))[0] == 0
-    code, out, err = await cli("department", "edit", "Helpdesk", "--rename", "Desk")
-    assert (code, out) == (0, "department Desk edited: renamed from Helpdesk\n")
-    assert err == ("ticketmail: warning: these rules still name Helpdesk and no longer apply to Desk until edited: "
-                   "to-helpdesk\n")
+    assert await cli("department", "edit", "Helpdesk", "--rename", "Desk") == (
+        0, "department Desk edited: renamed from Helpdesk\nthe rules that named Helpdesk now name Desk: to-helpdesk\n", "")
+    assert await audited(db, 2) == [(BY, "rules.update", "to-helpdesk", "department Helpdesk renamed Desk"),
+                                    (BY, "department.edit", "Helpdesk", "renamed from Helpdesk")]
+    code, out, _ = await cli("rules", "export")
+    assert 'scope = "department:Desk"' in out and 'department = "Desk"' in out and 'tag = "helpdesk"' in out
+    assert "Helpdesk" not in out
+    one_line_error(await cli("department", "remove", "desk"), 1,
+                   "department Desk is still in use by 1 rule (to-helpdesk)")
+    assert (await cli("rules", "delete", "to-helpdesk"))[0] == 0
 
     assert await cli("department", "remove", "desk") == (0, "department Desk removed\n", "")
     assert await as_json(cli, "department", "list") == []

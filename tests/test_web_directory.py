@@ -211,9 +211,14 @@ async def test_a_department_that_tickets_or_rules_refer_to_is_not_removed(panel,
     await post(panel, f"/admin/departments/{support}/edit",
                {"name": "Helpdesk", "addresses": SUPPORT, "unknown_sender": "challenge"},
                f"/admin/departments/{support}/edit")
-    assert ("These rules still name Support and no longer apply to it until edited: to-support."
+    assert ("The rules that named Support now name Helpdesk: to-support."
             in notices(await page(panel, "/admin/departments")))
-    assert [a for _, a, _, _ in await actions(panel)] == ["department.edit"]
+    assert [(a, subject, detail) for _, a, subject, detail in await actions(panel)] == [
+        ("department.edit", "Support", "renamed from Support"),
+        ("rules.update", "to-support", "department Support renamed Helpdesk")]
+    code, out, err = await cli("rules", "export")
+    assert code == 0, err
+    assert 'department = "Helpdesk"' in out and "Support" not in out
     listing = await page(panel, "/admin/departments")
     assert re.search(r"<td>Sales</td>\s*<td>sales@xyzhosting.com</td>\s*<td>accept<br>.*?</td>\s*<td>1</td>",
                      listing), listing  # its open ticket counted

@@ -47,8 +47,7 @@ async def department_edit(db, config, args):
     say(f"department {done.name} edited: {'; '.join(done.changes)}" if done.changes
         else f"department {done.name}: nothing changed")
     if done.rules:
-        warn(f"these rules still name {department.name} and no longer apply to {done.name} until edited: "
-             f"{', '.join(done.rules)}")
+        say(f"the rules that named {department.name} now name {done.name}: {', '.join(done.rules)}")
 
 
 async def department_remove(db, config, args):

@@ -108,11 +108,9 @@ async def department_edit(request: web.Request, department: Department) -> web.R
         notices = [f"Department {edited.name}: nothing changed."]
     else:
         notices = [f"Department {edited.name} saved: {'; '.join(edited.changes)}."]
-    alerts = []
     if edited.rules:
-        alerts.append(f"These rules still name {department.name} and no longer apply to it until edited: "
-                      f"{', '.join(edited.rules)}.")
-    await notify(request, notices, alerts)
+        notices.append(f"The rules that named {department.name} now name {edited.name}: {', '.join(edited.rules)}.")
+    await notify(request, notices)
     raise web.HTTPSeeOther(location=link(request, "departments"))
 
 

@@ -7,10 +7,10 @@ pipeline, in this process or another, learns that its snapshot of departments is
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ingest.rules import rules_from_data
-from storage import directory_store, store
+from ingest.rules import rule_to_data, rules_from_data
+from storage import directory_store, rule_store, store
 from storage.models import Department, DepartmentAddress
 from ticketmail.admin import audit
 from ticketmail.admin.addresses import address
@@ -110,16 +110,33 @@ def _department(s, name: str) -> Department:
     return department
 
 
+def _renamed(rule, name: str, new_name: str):
+    """`rule` with department `name` (any case) called `new_name` where it names it: its scope, or an assign."""
+    def department(value: str | None) -> str | None:
+        return new_name if value is not None and value.strip().casefold() == name.strip().casefold() else value
+
+    kind, _, scoped = rule.scope.partition(":")
+    return replace(rule, scope=f"department:{department(scoped)}" if kind == "department" else rule.scope,
+                   actions=tuple(replace(a, value=department(a.value)) if a.action == "assign" else a
+                                 for a in rule.actions))
+
+
 def _rules_naming(s, name: str) -> list[str]:
     """The processing rules that name department `name`: scoped to it, or assigning to it."""
-    wanted = name.strip().casefold()
-    named = []
-    for rule in rules_from_data([row.definition for row in store.rules(s)]):
-        kind, _, scoped = rule.scope.partition(":")
-        if (kind == "department" and scoped.strip().casefold() == wanted) or any(
-                a.action == "assign" and (a.value or "").strip().casefold() == wanted for a in rule.actions):
-            named.append(rule.name)
-    return named
+    rules = rules_from_data([row.definition for row in store.rules(s)])
+    return [rule.name for rule in rules if _renamed(rule, name, f"not {name}") != rule]
+
+
+def _rules_follow(s, old_name: str, new_name: str, by: str) -> list[str]:
+    """Rename the department in the rules that name it, each change audited; their names."""
+    followed = []
+    for row in store.rules(s):
+        [rule] = rules_from_data([row.definition])
+        if (renamed := _renamed(rule, old_name, new_name)) != rule:
+            rule_store.change_rule(s, row, rule.name, rule_to_data(renamed))
+            audit.record(s, by, "rules.update", rule.name, f"department {old_name} renamed {new_name}")
+            followed.append(rule.name)
+    return followed
 
 
 async def get(db, name: str) -> tuple[Department, list[str]]:
@@ -136,7 +153,7 @@ async def get(db, name: str) -> tuple[Department, list[str]]:
 class Edited:
     name: str  # as saved
     changes: list[str]  # what changed, in words; empty if nothing did
-    rules: list[str]  # renamed: the rules that still name the old name
+    rules: list[str]  # renamed: the rules that named the old name, and now name the new one
 
 
 async def edit(db, name: str, *, new_name: str, addresses: list[str], unknown_sender: str, by: str) -> Edited:
@@ -152,7 +169,6 @@ async def edit(db, name: str, *, new_name: str, addresses: list[str], unknown_se
             other = store.department_by_name(s, new_name)
             if other is not None and other.id != department.id:
                 raise AdminError(f"department {other.name!r} already exists", field="name")
-            rules = _rules_naming(s, old_name)
             department.name = new_name
             changes.append(f"renamed from {old_name}")
         if owned != old_addresses:
@@ -165,6 +181,8 @@ async def edit(db, name: str, *, new_name: str, addresses: list[str], unknown_se
         if changes:
             store.bump_revision(s)
             audit.record(s, by, "department.edit", old_name, "; ".join(changes))
+        if department.name != old_name:
+            rules = _rules_follow(s, old_name, department.name, by)
         return Edited(department.name, changes, rules)
 
     return await db.run(change, write=True)
