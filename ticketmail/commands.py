@@ -11,7 +11,7 @@ from ingest.challenges import ChallengeSettings
 from ingest.rules import rule_to_data
 from ticketmail.admin import admins, customers, departments, failed, held, rules, tickets
 from ticketmail.admin.errors import AdminError
-from ticketmail.terminal import emit, iso, one_line, password, say, warn
+from ticketmail.terminal import emit, iso, one_line, password, say
 
 
 def _cli_user() -> str:
