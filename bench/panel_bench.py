@@ -143,7 +143,7 @@ async def measure(db: Database, tmp: Path, count: int, requests: int) -> list[tu
             "customer": "/admin/tickets?customer=customer7@example.com",
             "search common word": "/admin/tickets?q=invoice",
             "search 2 words + open": "/admin/tickets?q=refund+outage&status=open",
-            f"search rare word": f"/admin/tickets?q=quux{rare}",
+            "search rare word": f"/admin/tickets?q=quux{rare}",
             "search missing word": "/admin/tickets?q=nowhere",
         }
         results = []

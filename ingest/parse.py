@@ -30,7 +30,6 @@ from email.parser import BytesHeaderParser
 from email.utils import getaddresses, parsedate_to_datetime
 from functools import cached_property, lru_cache
 from html.parser import HTMLParser
-from typing import Iterator
 
 import chardet
 

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from storage.models import Challenge, Customer, Department, Message
 from tests.conftest import deliver
 from tests.mail import message
-from tests.panel_helpers import csrf_of, form_token, panel, sign_in  # noqa: F401 - panel is a fixture
+from tests.panel_helpers import form_token, panel, sign_in  # noqa: F401 - panel is a fixture
 from tests.test_web_confirm import assert_protected
 from ticketmail.admin import audit
 from web.keys import DB

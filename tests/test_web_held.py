@@ -180,7 +180,7 @@ async def test_discard_and_discard_and_block(panel, cli, db, lmtp):
 
     spammy = stored["Spammy"].id
     text = await page(panel, f"/admin/held/{spammy}/discard-and-block")  # asks first
-    assert "Discard and block sender?" in text and CAROL in text and f'action="discard-and-block"' in text
+    assert "Discard and block sender?" in text and CAROL in text and 'action="discard-and-block"' in text
     assert (await messages(db))["Spammy"].status == "held"
     location, _ = await post(panel, f"/admin/held/{spammy}/discard-and-block", token)
     assert location == "../../held"

@@ -203,7 +203,7 @@ def hostile_message() -> bytes:
     mail["Subject"] = SCRIPT
     mail["Message-ID"] = "<hostile@customer.example>"
     mail.set_content(f"Plain words {SCRIPT}\n")
-    mail.add_alternative(f"""<html><head><style>p {{ color: red }}</style><script>alert(2)</script></head><body>
+    mail.add_alternative("""<html><head><style>p { color: red }</style><script>alert(2)</script></head><body>
 <p onclick="alert(3)">Shown words</p><img src=x onerror=alert(4)><img src="https://tracker.example/pixel.png">
 <img src="cid:logo@here" alt="logo"><a href="javascript:alert(5)">click</a><a href="https://example.org/ok">fine</a>
 <iframe src="https://evil.example/"></iframe><form action="https://evil.example/"><input name=x></form></body></html>""",
