@@ -91,10 +91,15 @@ async def test_setting_what_a_ticket_already_has_records_nothing(cli, db, lmtp):
     assert (await cli("department", "add", "Support", "--address", "support@xyzhosting.com",
                       "--unknown-sender", "accept"))[0] == 0
     await deliver(lmtp.port, "alice@customer.example", "support@xyzhosting.com", message())
-    before = len(await audit.recent(db))
+
+    async def updated_at():
+        return (await tickets.show(db, 1)).row.ticket.updated_at
+
+    before, updated = len(await audit.recent(db)), await updated_at()
     assert await tickets.set_status(db, 1, "open", by="admin alice") == "open"
     assert await tickets.set_priority(db, 1, "normal", by="admin alice") == "normal"
     assert await tickets.set_tags(db, 1, [], by="admin alice") == []
-    assert len(await audit.recent(db)) == before
+    assert len(await audit.recent(db)) == before and await updated_at() == updated
     await tickets.set_status(db, 1, "closed", by="admin alice")
     assert [(e.action, e.detail) for e in await audit.recent(db, limit=1)] == [("ticket.status", "open -> closed")]
+    assert await updated_at() > updated

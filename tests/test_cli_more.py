@@ -182,10 +182,11 @@ async def test_tickets_set_and_list_filters(cli, db, lmtp):
     assert await audited(db, 3) == [(BY, "ticket.tags", "#1", "(none) -> vip, billing"),
                                     (BY, "ticket.priority", "#1", "normal -> high"),
                                     (BY, "ticket.status", "#1", "open -> closed")]
-    everything = await as_json(cli, "tickets", "list")
-    assert [t["number"] for t in everything] == [2, 1] and all(set(t) == TICKET_KEYS for t in everything)
-    assert (everything[1]["status"], everything[1]["priority"], everything[1]["tags"]) == (
+    everything = await as_json(cli, "tickets", "list")  # #1 is now the most recently updated
+    assert [t["number"] for t in everything] == [1, 2] and all(set(t) == TICKET_KEYS for t in everything)
+    assert (everything[0]["status"], everything[0]["priority"], everything[0]["tags"]) == (
         "closed", "high", ["vip", "billing"])
+    assert everything[0]["updated_at"] > everything[1]["updated_at"] > everything[0]["created_at"]
 
     async def numbers(*argv):
         return [t["number"] for t in await as_json(cli, "tickets", "list", *argv)]
@@ -199,7 +200,7 @@ async def test_tickets_set_and_list_filters(cli, db, lmtp):
 
     code, out, err = await cli("tickets", "list", "--limit", "1")
     assert (code, err) == (0, "ticketmail: the 1 most recently updated shown; more match (raise --limit)\n")
-    assert out == f"#2\topen\tSales\t{BOB}\t1 msg\tinvoice missing\n"
+    assert out == f"#1\tclosed\tSupport\t{ALICE}\t1 msg\tprinter on fire\n"
     code, out, err = await cli("tickets", "list", "--limit", "2")
     assert (code, err, out.count("\n")) == (0, "", 2)
     assert await cli("tickets", "list", "--search", "nothing-like-this") == (0, "no tickets match\n", "")

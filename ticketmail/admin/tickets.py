@@ -86,19 +86,27 @@ def _ticket(s, number: int) -> Ticket:
     return ticket
 
 
+async def _change(db, number: int, field: str, value, by: str, shown=str):
+    """Set one field of ticket `number`; returns the value before. A change (nothing else) is an update of
+    the ticket, which the lists order by, and an entry in the audit log."""
+
+    def change(s):
+        ticket = _ticket(s, number)
+        was = getattr(ticket, field)
+        if was != value:
+            setattr(ticket, field, value)
+            store.touch(ticket)
+            audit.record(s, by, f"ticket.{field}", f"#{number}", f"{shown(was)} -> {shown(value)}")
+        return was
+
+    return await db.run(change, write=True)
+
+
 async def set_status(db, number: int, status: str, *, by: str) -> str:
     """Open or close the ticket; returns its status before."""
     if status not in STATUSES:
         raise AdminError(f"unknown status {status!r} (expected {' or '.join(STATUSES)})", field="status")
-
-    def change(s):
-        ticket = _ticket(s, number)
-        was, ticket.status = ticket.status, status
-        if was != status:  # a change: nothing to record otherwise
-            audit.record(s, by, "ticket.status", f"#{number}", f"{was} -> {status}")
-        return was
-
-    return await db.run(change, write=True)
+    return await _change(db, number, "status", status, by)
 
 
 async def set_priority(db, number: int, priority: str, *, by: str) -> str:
@@ -106,15 +114,7 @@ async def set_priority(db, number: int, priority: str, *, by: str) -> str:
     if priority not in PRIORITIES:
         raise AdminError(f"unknown priority {priority!r} (expected one of {', '.join(PRIORITIES)})",
                          field="priority")
-
-    def change(s):
-        ticket = _ticket(s, number)
-        was, ticket.priority = ticket.priority, priority
-        if was != priority:
-            audit.record(s, by, "ticket.priority", f"#{number}", f"{was} -> {priority}")
-        return was
-
-    return await db.run(change, write=True)
+    return await _change(db, number, "priority", priority, by)
 
 
 def parse_tags(value: str) -> list[str]:
@@ -130,14 +130,5 @@ def parse_tags(value: str) -> list[str]:
 
 async def set_tags(db, number: int, tags: list[str], *, by: str) -> list[str]:
     """Replace the ticket's tags; returns the ones before."""
-    tags = parse_tags(",".join(tags))
-
-    def change(s):
-        ticket = _ticket(s, number)
-        was, ticket.tags = list(ticket.tags), tags
-        if was != tags:
-            audit.record(s, by, "ticket.tags", f"#{number}",
-                         f"{', '.join(was) or '(none)'} -> {', '.join(tags) or '(none)'}")
-        return was
-
-    return await db.run(change, write=True)
+    return list(await _change(db, number, "tags", parse_tags(",".join(tags)), by,
+                              shown=lambda t: ", ".join(t) or "(none)"))
