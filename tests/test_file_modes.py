@@ -72,7 +72,7 @@ def _started(log: Path, server, seconds: float = 60) -> str:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         text_ = log.read_text()
-        if "ready" in text_:
+        if "; ready" in text_:
             return text_
         if server.poll() is not None:
             raise AssertionError(f"serve exited with {server.returncode}: {text_}")

@@ -65,7 +65,7 @@ async def serving(db_url: str, tmp_path: Path, env: dict | None = None, **settin
     with open(served.log, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "ticketmail.cli", "serve"], env=env, stdout=log, stderr=log)
     try:
-        await until(lambda: "ready" in served.log.read_text() or proc.poll() is not None, "serve to be ready", 30)
+        await until(lambda: "; ready" in served.log.read_text() or proc.poll() is not None, "serve to be ready", 30)
         assert proc.poll() is None, served.log.read_text()
         yield served
     finally:
@@ -272,7 +272,7 @@ async def test_serve_says_where_the_panel_is_and_how_to_add_its_first_admin(db_u
     async with serving(db_url, tmp_path) as served:
         log = served.log.read_text()
         assert f"admin panel at http://127.0.0.1:{served.web}/admin/" in log and hint in log
-        assert log.index(hint) < log.index("ready")
+        assert log.index(hint) < log.index("; ready")
     monkeypatch.setattr(sys, "stdin", io.StringIO("a long enough password\n"))
     assert (await cli("admin", "add", "alice"))[0] == 0
     async with serving(db_url, tmp_path) as served:

@@ -38,7 +38,7 @@ def exchange(port: int, request: bytes) -> tuple[int, dict[str, str]]:
 def wait_ready(log_path, server, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if "ready" in log_path.read_text():
+        if "; ready" in log_path.read_text():  # the last line of starting (not "already")
             return
         if server.poll() is not None:
             raise AssertionError(f"serve exited with {server.returncode}: {log_path.read_text()}")
