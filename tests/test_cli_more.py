@@ -14,8 +14,8 @@ from storage import imap_store
 from tests.bridge_helpers import SALES, SUPPORT, add_account, bridge_key, departments  # noqa: F401 - fixtures
 from tests.conftest import deliver, one_database
 from tests.dovecot import dovecot  # noqa: F401 - fixture
-from tests.ports import free_port
 from tests.mail import message
+from tests.ports import free_port
 from ticketmail import config as configuration
 from ticketmail.admin import audit
 from ticketmail.commands import BY
@@ -306,3 +306,15 @@ async def test_imap_edit_tests_the_new_settings_against_dovecot(cli, db, monkeyp
     [listed] = await as_json(cli, "imap", "list")
     assert listed["poll_seconds"] == 30
     assert [e.action for e in await audit.recent(db, limit=2)] == ["imap.edit", "imap.add"]
+
+
+@one_database
+async def test_every_list_of_a_new_database_says_it_is_empty(cli, db):
+    """A new operator's first `list` gets a sentence, not an empty screen; --json an empty array."""
+    for argv, sentence in ((["department", "list"], "no departments"), (["customer", "list"], "no customers"),
+                           (["rules", "list"], "no rules"), (["tickets", "list"], "no tickets"),
+                           (["held", "list"], "no held messages"), (["held", "failed"], "no failed messages"),
+                           (["imap", "list"], "no IMAP accounts")):
+        assert await cli(*argv) == (0, sentence + "\n", ""), argv
+        code, out, err = await cli(*argv, "--json")
+        assert (code, json.loads(out), err) == (0, [], ""), argv

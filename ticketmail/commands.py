@@ -35,7 +35,7 @@ async def department_list(db, config, args):
     data = [{"name": d.name, "addresses": [a.address for a in d.addresses], "unknown_sender": d.unknown_sender}
             for d in await departments.list_all(db)]
     emit(data, args.json, [f"{d['name']}\t{', '.join(d['addresses'])}\tunknown senders: {d['unknown_sender']}"
-                           for d in data])
+                           for d in data] or ["no departments"])
 
 
 async def department_edit(db, config, args):
@@ -66,7 +66,7 @@ async def customer_list(db, config, args):
              "created_at": iso(c.created_at)} for c in listed]
     emit(data, args.json, [f"{one_line(c['email'])}\t{one_line(c['name'])}\t"
                            f"{'verified' if c['verified'] else 'unverified'} ({c['added_by']})" for c in data]
-         or ([f"no customer's address or name contains {args.search!r}"] if args.search else []))
+         or [f"no customer's address or name contains {args.search!r}" if args.search else "no customers"])
 
 
 async def customer_rename(db, config, args):
@@ -103,7 +103,7 @@ async def rules_list(db, config, args):
     emit([rule_to_data(r) for r in listed], args.json,
          [f"{i}. {r.name} ({r.match}, {r.scope}): {len(r.conditions)} conditions -> "
           + ", ".join(a.action + (f" {a.value}" if a.value else "") for a in r.actions)
-          for i, r in enumerate(listed, 1)])
+          for i, r in enumerate(listed, 1)] or ["no rules"])
 
 
 async def rules_delete(db, config, args):
