@@ -39,6 +39,7 @@ from web.metrics import CHALLENGE_STEPS, Metrics
 SUPPORT = "support@xyzhosting.com"
 SALES = "sales@xyzhosting.com"
 ALICE = "alice@customer.example"
+NO_ADMIN = "no admin can sign in yet: add one with `ticketmail admin add NAME`"
 
 
 @dataclass
@@ -123,6 +124,9 @@ async def test_serve_reports_its_health_and_counts_what_it_delivered(db_url, cli
         health = json.loads(text)
         assert health["status"] == "ok" and health["failing"] == []
         assert health["components"] == {name: {"ok": True} for name in ("database", "writer", "lmtp", "web")}
+        log = served.log.read_text()  # no admin yet: serve says how to add one, before "; ready"
+        assert f"admin panel at http://127.0.0.1:{served.web}/admin/" in log
+        assert log.index(NO_ADMIN) < log.index("; ready")
 
         # The IMAP account's state, its error once the sync has failed to connect; nothing that logs in.
         async def imap_error():
@@ -255,29 +259,20 @@ def test_the_metrics_and_log_settings_are_checked_and_name_their_key():
 
 
 @one_database
-async def test_serve_tells_systemd_when_it_is_ready_and_when_it_stops(db_url, tmp_path):
-    """Type=notify in contrib/ticketmail.service: READY=1 once it listens, STOPPING=1 on SIGTERM."""
+async def test_serve_tells_systemd_when_it_is_ready_and_when_it_stops(db_url, cli, monkeypatch, tmp_path):
+    """Type=notify in contrib/ticketmail.service: READY=1 once it listens, STOPPING=1 on SIGTERM. With an
+    admin, serve prints where the panel is and nothing about adding one."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a long enough password\n"))
+    assert (await cli("admin", "add", "alice"))[0] == 0
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(str(tmp_path / "notify"))
         notify.settimeout(10)
         async with serving(db_url, tmp_path, env={"NOTIFY_SOCKET": str(tmp_path / "notify")}) as served:
             assert await asyncio.to_thread(notify.recv, 100) == b"READY=1"
             assert (await get(served.url("/healthz")))[0] == 200  # ready means serving
+            log = served.log.read_text()  # all that comes before "; ready", which serving waited for
+            assert f"admin panel at http://127.0.0.1:{served.web}/admin/" in log and NO_ADMIN not in log
         assert await asyncio.to_thread(notify.recv, 100) == b"STOPPING=1"
-
-
-@one_database
-async def test_serve_says_where_the_panel_is_and_how_to_add_its_first_admin(db_url, cli, monkeypatch, tmp_path):
-    hint = "no admin can sign in yet: add one with `ticketmail admin add NAME`"
-    async with serving(db_url, tmp_path) as served:
-        log = served.log.read_text()
-        assert f"admin panel at http://127.0.0.1:{served.web}/admin/" in log and hint in log
-        assert log.index(hint) < log.index("; ready")
-    monkeypatch.setattr(sys, "stdin", io.StringIO("a long enough password\n"))
-    assert (await cli("admin", "add", "alice"))[0] == 0
-    async with serving(db_url, tmp_path) as served:
-        log = served.log.read_text()  # the hint would come before "ready", which serving waited for
-        assert f"admin panel at http://127.0.0.1:{served.web}/admin/" in log and hint not in log
 
 
 UNIT = Path(__file__).parent.parent / "contrib" / "ticketmail.service"
