@@ -21,7 +21,7 @@ from email.utils import parseaddr
 from bridge.accounts import Account
 from bridge.imap import Connection, ImapError, Mailbox, describe, redact, shows_password
 from ingest.delivery import Delivery
-from ingest.parse import ParsedMessage, parse_message
+from ingest.parse import ParsedMessage, parse_message, too_long_for_a_mailbox
 from ingest.periodic import raise_if_cancelled
 from ingest.pipeline import Pipeline
 from storage import imap_store
@@ -54,7 +54,8 @@ _HEADERS = BytesHeaderParser(policy=compat32)
 
 
 def envelope_sender(raw: bytes) -> str:
-    """The sender an MTA would have given: the topmost Return-Path, else the From address; "" for <>.
+    """The sender an MTA would have given: the topmost Return-Path, else the From address; "" for <>. An
+    address longer than any mailbox (which no MTA would have taken) counts as none.
 
     Only the header block is read: the full parse happens once, in the pipeline's writer process."""
     end = raw.find(b"\r\n\r\n")
@@ -64,9 +65,10 @@ def envelope_sender(raw: bytes) -> str:
         if str(return_path).strip() in ("<>", ""):
             return ""
         address = parseaddr(str(return_path))[1].strip().lower()
-        if "@" in address:
+        if "@" in address and not too_long_for_a_mailbox(address):
             return address
-    return parseaddr(str(headers.get("From", "")))[1].strip().lower()
+    address = parseaddr(str(headers.get("From", "")))[1].strip().lower()
+    return "" if too_long_for_a_mailbox(address) else address
 
 
 class StoreError(Exception):

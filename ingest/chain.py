@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from ingest import automatic, challenges, threading
 from ingest.directory import DepartmentInfo, Directory
-from ingest.parse import ParsedMessage
+from ingest.parse import ParsedMessage, too_long_for_a_mailbox
 from ingest.rules import Facts, Verdict
 from storage import challenge_store, store
 from storage.models import Customer, Ticket, utcnow
@@ -65,9 +65,12 @@ def delivery_context(session, directory: Directory, delivery, parsed: ParsedMess
 
 
 def sender_address(message: ParsedMessage, envelope_sender: str) -> str:
-    """Who the ticket is from: the From address, else the envelope sender. `message` is the parsed
-    message or the stored one (storage.models.Message): both have `from_addr`, lowercased."""
-    return message.from_addr or envelope_sender.lower()
+    """Who the ticket is from: the From address, else the envelope sender; "" if neither is a mailbox (the
+    parse drops a From address longer than one, LMTP and IMAP never give such a sender, a stored one may
+    be). `message` is the parsed message or the stored one (storage.models.Message): both have
+    `from_addr`, lowercased."""
+    sender = message.from_addr or envelope_sender.lower()
+    return "" if too_long_for_a_mailbox(sender) else sender
 
 
 def detect_loop(ctx: Context) -> Decision | None:

@@ -17,7 +17,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import syntax
 
 from ingest.delivery import Delivery, Outcome
-from ingest.parse import parse_message
+from ingest.parse import MAX_ADDRESS, parse_message, too_long_for_a_mailbox
 from ingest.pipeline import Pipeline
 from ingest.unix_socket import UnixSocket
 
@@ -30,6 +30,10 @@ SHUTTING_DOWN = "421 4.3.2 Service shutting down, please retry later"
 TOO_MANY = "421 4.3.2 Too many connections, please retry later"
 IDLE = "421 4.4.2 Idle too long without delivering a message, closing"
 LINE_TOO_LONG = "500 5.5.2 Command line too long"
+# A path may be refused beyond 256 octets with its <> (RFC 5321 4.5.3.1.3, "501 Path too long"): it is no
+# working address, and taken, the database might refuse it (451 for as long as the MTA keeps trying).
+SENDER_TOO_LONG = f"501 5.1.7 Path too long: the sender address is over {MAX_ADDRESS} octets"
+RECIPIENT_TOO_LONG = f"501 5.1.3 Path too long: the recipient address is over {MAX_ADDRESS} octets"
 _WITH_STATUS_CODE = {"500 Command line too long": LINE_TOO_LONG,
                      "552 Error: message size exceeds fixed maximum message size": TOO_BIG}
 
@@ -200,7 +204,16 @@ class Handler:
     def __init__(self, pipeline: Pipeline):
         self.pipeline = pipeline
 
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if too_long_for_a_mailbox(address):  # in octets: an SMTPUTF8 address may take more than its characters
+            return SENDER_TOO_LONG
+        envelope.mail_from = address  # what aiosmtpd does without this hook
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if too_long_for_a_mailbox(address):
+            return RECIPIENT_TOO_LONG
         try:
             department = await self.pipeline.department_for(address)
         except Exception:

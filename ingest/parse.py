@@ -36,6 +36,12 @@ import chardet
 MAX_DEPTH = 50                  # multipart levels we descend; deeper subtrees become one attachment
 MAX_WARNINGS = 100              # hostile input can produce thousands of defects
 MAX_ADDRESS_CHARS = 64 * 1024   # getaddresses is pure Python: a 1 MB To header would take seconds
+MAX_ADDRESS = 254               # octets of a mailbox: a path is at most 256 with its <> (RFC 5321 4.5.3.1.3)
+
+
+def too_long_for_a_mailbox(address: str) -> bool:
+    """Longer than any mailbox: nothing can be sent to it, and a database may refuse to keep it."""
+    return len(address.encode(errors="replace")) > MAX_ADDRESS
 
 # Re-serialise embedded messages without refolding their headers, in the input's line ending.
 _FLATTEN = {sep: policy.compat32.clone(max_line_length=0, linesep=sep) for sep in ("\n", "\r\n")}
@@ -337,7 +343,7 @@ def _addresses(values: list[str], name: str, w: _Warnings) -> list[tuple[str, st
     if len(joined) > MAX_ADDRESS_CHARS:
         w.add(f"{name} header longer than {MAX_ADDRESS_CHARS} characters, rest ignored")
         joined = joined[:joined.rfind(",", 0, MAX_ADDRESS_CHARS) + 1 or MAX_ADDRESS_CHARS]
-    pairs, rejected = [], 0
+    pairs, rejected, too_long = [], 0, 0
     try:
         parsed = getaddresses([joined])
     except Exception as exc:  # the old address parser has had crash bugs on odd input
@@ -345,13 +351,18 @@ def _addresses(values: list[str], name: str, w: _Warnings) -> list[tuple[str, st
         parsed = []
     for display, addr in parsed:
         addr = addr.strip().lower()
-        if "@" in addr.strip("@"):
+        if too_long_for_a_mailbox(addr):
+            too_long += 1
+        elif "@" in addr.strip("@"):
             display = _decode_words(display, f"header {name}", w).strip()
             pairs.append((_clean(display, f"header {name}", w), _clean(addr, f"header {name}", w)))
         else:
             rejected += bool(addr)  # empty entries are groups like "undisclosed-recipients:;"
     if rejected and name != "From":  # the caller words a missing sender itself
         w.add(f"{rejected} entries without an address in {name} header")
+    if too_long:
+        w.add(f"{too_long} address{'es' if too_long > 1 else ''} longer than {MAX_ADDRESS} octets in {name} "
+              "header ignored")
     return pairs
 
 

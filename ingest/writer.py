@@ -274,8 +274,8 @@ def record(d: Delivery, parsed: ParsedMessage, key: str) -> Message:
         size=len(d.raw),
         source=d.source,
         source_key=d.source_key,
-        envelope_sender=store.clean(d.sender),
-        envelope_recipient=store.clean(d.recipient),
+        envelope_sender=store.clean(d.sender)[:320],  # IMAP's comes from the mail (Return-Path, From)
+        envelope_recipient=store.clean(d.recipient)[:320],
         attachments=[
             Attachment(
                 filename=store.clean(a.filename),

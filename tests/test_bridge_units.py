@@ -122,6 +122,9 @@ def test_envelope_sender_prefers_return_path_and_keeps_the_null_sender():
     assert envelope_sender(b"From: =?utf-8?q?Al=C3=AFce?= <Alice@Customer.example>\r\n\r\nReturn-Path: <x@y.z>\r\n") \
         == "alice@customer.example"
     assert envelope_sender(b"Subject: no sender\r\n\r\nbody") == ""
+    long = b"r" * 250 + b"@lists.example"  # longer than any mailbox: no address
+    assert envelope_sender(b"Return-Path: <" + long + b">\r\nFrom: a@b.example\r\n\r\nx\r\n") == "a@b.example"
+    assert envelope_sender(b"From: <" + long + b">\r\n\r\nx\r\n") == ""
 
 
 def test_after_actions_and_names_are_checked():

@@ -18,7 +18,8 @@ from contextlib import AsyncExitStack, asynccontextmanager, closing
 import pytest
 from sqlalchemy import func, select
 
-from ingest.lmtp import BUSY, IDLE, LINE_TOO_LONG, SHUTTING_DOWN, TOO_MANY, LMTPListener
+from ingest.lmtp import (BUSY, IDLE, LINE_TOO_LONG, RECIPIENT_TOO_LONG, SENDER_TOO_LONG, SHUTTING_DOWN,
+                         TOO_MANY, LMTPListener)
 from storage.models import Message
 from tests import statuscodes as codes
 from tests.conftest import deliver, listening, one_database
@@ -257,3 +258,25 @@ async def test_a_declared_size_over_the_limit_is_refused_at_mail_from(listen):
     advertised, (code, text) = await asyncio.to_thread(declare)
     assert advertised == "20000"
     assert (code, text) == (codes.TOO_BIG, b"5.3.4 Message exceeds the maximum size")
+
+
+@one_database
+async def test_a_path_over_256_octets_is_refused_for_good_at_mail_and_rcpt(listen, db):
+    """RFC 5321 4.5.3.1.3 lets a server refuse it ("501 Path too long"); taken, the database might refuse
+    to keep it, and answering 451 would have the MTA offer it for days."""
+    lmtp = await listen()
+    domain = "@customer.example"
+
+    def session():
+        with closing(smtplib.LMTP("127.0.0.1", lmtp.port)) as client:
+            client.ehlo()
+            too_long = client.mail("a" * (255 - len(domain)) + domain)
+            at_the_limit = client.mail("a" * (254 - len(domain)) + domain)  # 256 octets with its <>
+            recipient = client.rcpt("s" * 250 + "@xyzhosting.com")
+            return too_long, at_the_limit, recipient
+
+    too_long, at_the_limit, recipient = await asyncio.to_thread(session)
+    assert too_long == (501, SENDER_TOO_LONG[4:].encode()) and at_the_limit[0] == codes.OK
+    assert recipient == (501, RECIPIENT_TOO_LONG[4:].encode())
+    async with db.session() as s:
+        assert await s.scalar(select(func.count()).select_from(Message)) == 0

@@ -121,6 +121,19 @@ def test_huge_address_header_is_cut_at_an_address_boundary():
     assert "Cc header longer than 65536 characters, rest ignored" in parsed.warnings
 
 
+def test_an_address_longer_than_any_mailbox_is_no_address():
+    """Over 254 octets (RFC 5321 4.5.3.1.3): nothing can be sent to it, and a database may refuse to keep
+    it (PostgreSQL did, as a customer's address)."""
+    long = "x" * 250 + "@customer.example"
+    parsed = parse_message(f"From: Mallory <{long}>\r\nTo: support@xyzhosting.com, {long}\r\n"
+                           "Subject: hi\r\n\r\nbody\r\n".encode())
+    assert (parsed.from_name, parsed.from_addr, parsed.to) == ("Mallory", "", ["support@xyzhosting.com"])
+    assert "1 address longer than 254 octets in From header ignored" in parsed.warnings
+    assert "1 address longer than 254 octets in To header ignored" in parsed.warnings
+    fits = "x" * (254 - len("@customer.example")) + "@customer.example"
+    assert parse_message(f"From: <{fits}>\r\n\r\nbody\r\n".encode()).from_addr == fits
+
+
 def test_the_first_from_with_an_address_is_the_sender():  # zammad mail017
     parsed = parse_message(b"From: [??????]\nFrom: =?utf-8?B?6YO955C5?= <ghgbwum@example.cn>\n\nhi\n")
     assert (parsed.from_name, parsed.from_addr) == ("\u90fd\u7439", "ghgbwum@example.cn")

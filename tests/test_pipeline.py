@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from storage.models import Message, Ticket
 from tests.conftest import deliver, one_database, race_in_two_processes
@@ -233,3 +233,27 @@ async def test_ticket_json_has_the_documented_fields_with_utc_times(cli, lmtp):
     assert m["date"] == "2026-11-28T10:00:00+00:00"
     assert all(e["at"].endswith("+00:00") for e in m["events"])
     assert m["text"] == "Hello,\nthe printer is on fire.\n"
+
+
+async def test_an_imap_sender_longer_than_the_database_keeps_is_stored(cli, db, pipeline):
+    """Regression: IMAP's envelope sender comes from the mail (Return-Path); one of 400 characters made
+    PostgreSQL refuse the row, and the account would have offered the message again forever."""
+    from ingest.delivery import Delivery
+
+    assert (await cli("department", "add", "Support", "--address", SUPPORT, "--unknown-sender", "accept"))[0] == 0
+    sender, raw = "b" * 383 + "@customer.example", message()
+    outcome = await pipeline.deliver(Delivery(raw, sender=sender, recipient=SUPPORT, source="imap:support",
+                                              source_key="1/1"))
+    assert (outcome.status, outcome.ticket) == ("ticket", 1)
+    async with db.session() as s:
+        stored = await s.scalar(select(Message))
+    assert stored.envelope_sender == sender[:320] and stored.raw == raw
+
+    # A From address as long, and no other sender: no customer can be made of it; still stored, and decided.
+    long_from = message(frm=f"Mallory <{'m' * 383}@customer.example>", subject="who am I")
+    outcome = await pipeline.deliver(Delivery(long_from, sender=sender, recipient=SUPPORT, source="imap:support",
+                                              source_key="1/2"))
+    assert (outcome.status, outcome.reason) == ("held", "no sender address (no From, null envelope sender): "
+                                                        "held for review")
+    async with db.session() as s:
+        assert await s.scalar(select(func.count()).select_from(Message).where(Message.raw == long_from)) == 1
