@@ -233,6 +233,8 @@ async def test_department_errors_are_shown_beside_their_field_and_change_nothing
         "name": [({"name": "sales"}, "department &#39;Sales&#39; already exists"),
                  ({"name": "  "}, "a department needs a name")],
         "addresses": [({"addresses": "not-an-address"}, "&#39;not-an-address&#39; is not an email address"),
+                      ({"addresses": "b" * 250 + "@xyzhosting.com"},  # no mailbox; over 320, PostgreSQL refused it
+                       f"&#39;{'b' * 40}&#39;... is longer than any email address (254 octets)"),
                       ({"addresses": f"{BILLING}, {SALES}"}, "address sales@xyzhosting.com already belongs to "
                                                              "department Sales"),
                       ({"addresses": " , "}, "a department needs at least one address")],
