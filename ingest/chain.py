@@ -161,7 +161,7 @@ def sender_standing(ctx: Context) -> Decision | None:
     if ctx.customer:
         return Decision("create", f"known customer {address}")
     if ctx.verdict and ctx.verdict.trust:
-        ctx.customer = Customer(email=address, name=ctx.parsed.from_name, verified=False, added_by="trusted")
+        ctx.customer = store.customer_from_mail(address, ctx.parsed.from_name, verified=False, added_by="trusted")
         return Decision("create", f"unknown sender {address} trusted by rule")
     return None
 
@@ -181,7 +181,7 @@ def unknown_sender_policy(ctx: Context) -> Decision | None:
     policy = ctx.department.unknown_sender if ctx.department else "hold"
     where = ctx.department.name if ctx.department else "no department"
     if policy == "accept":
-        ctx.customer = Customer(email=address, name=ctx.parsed.from_name, verified=False, added_by="accepted")
+        ctx.customer = store.customer_from_mail(address, ctx.parsed.from_name, verified=False, added_by="accepted")
         return Decision("create", f"unknown sender {address} accepted ({where} accepts unknown senders)")
     if policy == "reject":
         return Decision("reject", f"unknown sender {address} rejected ({where} accepts only known customers)")

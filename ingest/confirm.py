@@ -98,7 +98,7 @@ def verify(session, address: str, name: str) -> Customer:
     """Make `address` a verified customer: it answered a challenge sent to it."""
     customer = store.customer_by_email(session, address)
     if customer is None:
-        customer = Customer(email=address, name=store.clean(name)[:200], verified=True, added_by="challenge")
+        customer = store.customer_from_mail(address, name, verified=True, added_by="challenge")
         session.add(customer)
     else:
         customer.verified = True

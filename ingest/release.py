@@ -7,7 +7,7 @@ from ingest import chain, directory, tickets
 from ingest.parse import ParsedMessage, parse_message
 from ingest.rules import Verdict
 from storage import store
-from storage.models import Customer, Message
+from storage.models import Message
 
 
 class ReleaseError(ValueError):
@@ -52,9 +52,8 @@ def release(session, message: Message, *, ticket_prefix: str, by: str,
     address = ctx.sender_address
     if not address:
         raise ReleaseError(f"message {message.id} has no sender address to make a customer of")
-    ctx.customer = store.customer_by_email(session, address) or Customer(
-        email=address, name=message.from_name, verified=False, added_by="released"
-    )
+    ctx.customer = store.customer_by_email(session, address) or store.customer_from_mail(
+        address, message.from_name, verified=False, added_by="released")
     tickets.act(ctx, message, chain.Decision("create", f"released by {by}"))
     session.flush()
     return message.ticket_id

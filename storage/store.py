@@ -33,6 +33,12 @@ def clean(text: str) -> str:
     return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
 
+def customer_from_mail(email: str, name: str, *, verified: bool, added_by: str) -> Customer:
+    """A new customer of what a message says: its display name kept to what customers.name holds (a longer
+    one made PostgreSQL refuse the whole delivery)."""
+    return Customer(email=email, name=clean(name)[:200], verified=verified, added_by=added_by)
+
+
 def revision(session) -> int:
     """The counter bumped by every change of departments or rules (caches compare it)."""
     value = session.scalar(select(Meta.value).where(Meta.key == REVISION))

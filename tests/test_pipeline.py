@@ -257,3 +257,18 @@ async def test_an_imap_sender_longer_than_the_database_keeps_is_stored(cli, db, 
                                                         "held for review")
     async with db.session() as s:
         assert await s.scalar(select(func.count()).select_from(Message).where(Message.raw == long_from)) == 1
+
+
+async def test_a_display_name_longer_than_a_customer_keeps_is_cut_not_refused(cli, db, pipeline):
+    """Regression: an unknown sender's 300-character display name, accepted as a customer, made PostgreSQL
+    refuse the delivery (customers.name holds 200): 451 for as long as the MTA tried."""
+    from ingest.delivery import Delivery
+    from storage.models import Customer
+
+    assert (await cli("department", "add", "Support", "--address", SUPPORT, "--unknown-sender", "accept"))[0] == 0
+    raw = message(frm=f"{'N' * 300} <{ALICE}>")
+    outcome = await pipeline.deliver(Delivery(raw, sender=ALICE, recipient=SUPPORT))
+    assert (outcome.status, outcome.ticket) == ("ticket", 1)
+    async with db.session() as s:
+        assert (await s.scalar(select(Customer.name).where(Customer.email == ALICE))) == "N" * 200
+        assert (await s.scalar(select(Message.from_name))) == "N" * 300  # the message keeps all of it
