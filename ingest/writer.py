@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from ingest import chain, logs, resubmission, tickets, writer_pipe
 from ingest.delivery import Delivery, Outcome
@@ -153,7 +153,7 @@ class Writer:
                 log.exception("storing message from %s failed", job.delivery.sender)
                 return RuntimeError("integrity error")
             except Exception as e:
-                if isinstance(e, DBAPIError):  # the database refused or went away: not this message's fault
+                if isinstance(e, DBAPIError) and not refused_for_its_values(e):  # gone, full, locked: 451
                     log.exception("storing message from %s to %s failed", job.delivery.sender, job.delivery.recipient)
                     return e
                 return self._store_failed(session, job, key, e)
@@ -253,6 +253,13 @@ def dedup_key(delivery: Delivery, directory: Directory) -> str:
     digest = hashlib.sha256(delivery.raw).hexdigest()
     dept = directory.department(delivery.department) or directory.department_for(delivery.recipient)
     return f"{digest}:{dept.id if dept else delivery.recipient.lower()}"
+
+
+def refused_for_its_values(error: DBAPIError) -> bool:
+    """The database refused a value this message brought (PostgreSQL's class 22, data exception: a value too
+    long, malformed text), not because of its own state: kept as failed it can be stored, and answering 451
+    would have the MTA offer it again for days, refused each time."""
+    return isinstance(error, DataError) or str(getattr(error.orig, "sqlstate", "") or "").startswith("22")
 
 
 def record(d: Delivery, parsed: ParsedMessage, key: str) -> Message:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sqlalchemy import func, select, update
 
 from storage.models import Message, Ticket
@@ -272,3 +273,23 @@ async def test_a_display_name_longer_than_a_customer_keeps_is_cut_not_refused(cl
     async with db.session() as s:
         assert (await s.scalar(select(Customer.name).where(Customer.email == ALICE))) == "N" * 200
         assert (await s.scalar(select(Message.from_name))) == "N" * 300  # the message keeps all of it
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SQLite takes any length
+async def test_a_value_the_database_refuses_keeps_the_message_as_failed(cli, db, pipeline, monkeypatch):
+    """Whatever value from a message a column cannot hold (here, as a customer's name once could not),
+    the message is kept as failed for an admin: answered 451, the MTA would offer it for days, refused
+    each time."""
+    from ingest.delivery import Delivery
+    from storage import store
+    from storage.models import Customer
+
+    assert (await cli("department", "add", "Support", "--address", SUPPORT, "--unknown-sender", "accept"))[0] == 0
+    monkeypatch.setattr(store, "customer_from_mail", lambda email, name, **how: Customer(email=email, name=name, **how))
+    raw = message(frm=f"{'N' * 300} <{ALICE}>")
+    outcome = await pipeline.deliver(Delivery(raw, sender=ALICE, recipient=SUPPORT))
+    assert (outcome.status, outcome.ticket) == ("failed", None)
+    async with db.session() as s:
+        stored = await s.scalar(select(Message))
+        assert (stored.status, stored.raw) == ("failed", raw)
+        assert await s.scalar(select(func.count()).select_from(Customer)) == 0
