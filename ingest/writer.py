@@ -252,7 +252,12 @@ def dedup_key(delivery: Delivery, directory: Directory) -> str:
     """Same bytes for the same department are the same delivery (an MTA retry, an IMAP re-fetch)."""
     digest = hashlib.sha256(delivery.raw).hexdigest()
     dept = directory.department(delivery.department) or directory.department_for(delivery.recipient)
-    return f"{digest}:{dept.id if dept else delivery.recipient.lower()}"
+    if dept:
+        return f"{digest}:{dept.id}"
+    recipient = delivery.recipient.lower()  # no department: an IMAP account's address, or one just removed
+    if len(recipient) > 200 - 65:  # what messages.dedup_key holds beside the digest
+        recipient = "sha256:" + hashlib.sha256(recipient.encode(errors="replace")).hexdigest()
+    return f"{digest}:{recipient}"
 
 
 def refused_for_its_values(error: DBAPIError) -> bool:

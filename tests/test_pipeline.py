@@ -293,3 +293,16 @@ async def test_a_value_the_database_refuses_keeps_the_message_as_failed(cli, db,
         stored = await s.scalar(select(Message))
         assert (stored.status, stored.raw) == ("failed", raw)
         assert await s.scalar(select(func.count()).select_from(Customer)) == 0
+
+
+async def test_a_long_address_no_department_owns_still_dedups_its_deliveries(db, pipeline):
+    """The delivery key holds the recipient when no department owns it (an IMAP account without one); an
+    address of 200 characters overflowed the key's column on PostgreSQL."""
+    from ingest.delivery import Delivery
+
+    recipient, raw = "r" * 188 + "@xyzhosting.com", message()
+    first = await pipeline.deliver(Delivery(raw, sender=ALICE, recipient=recipient, source="imap:x", source_key="1/1"))
+    again = await pipeline.deliver(Delivery(raw, sender=ALICE, recipient=recipient, source="imap:x", source_key="1/1"))
+    assert (first.status, first.repeat, again.status, again.repeat) == ("held", "", "held", "duplicate")
+    async with db.session() as s:
+        assert await s.scalar(select(func.count()).select_from(Message)) == 1
