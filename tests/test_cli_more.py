@@ -276,6 +276,12 @@ async def test_imap_edit_refusals_change_nothing(cli, db, monkeypatch, bridge_ke
                    "seen, delete or move:FOLDER")
     one_line_error(await cli("imap", "edit", "support", "--password", "--password-stdin"), 2,
                    "not allowed with argument")
+    for option, value, sentence in (("--server", "m" * 256, "the IMAP server is longer than 255 characters"),
+                                    ("--user", "u" * 321, "the user name is longer than 320 characters"),
+                                    ("--folder", "F" * 256, "the folder is longer than 255 characters"),
+                                    ("--after", "move:" + "F" * 256, "the folder to move to is longer than 255")):
+        # longer than their columns: PostgreSQL refused the row (a database error, not a sentence)
+        one_line_error(await cli("imap", "edit", "support", option, value, "--no-test"), 1, sentence)
     code, out, err = await cli("imap", "edit", "support", "--folder", "Other")  # tested first: the port is closed
     assert (code, out) == (1, "") and "imap test support:" in err and err.endswith("(nothing changed)\n")
     assert await as_json(cli, "imap", "list") == [before]

@@ -91,6 +91,12 @@ def _settings(name, email, server, port, security, user, folder, after, poll_sec
         raise AdminError("the IMAP server is missing", field="server")
     if not folder.strip():
         raise AdminError("the folder is missing (most servers call the inbox INBOX)", field="folder")
+    for field, what, value, most in (("server", "the IMAP server", server.strip(), 255),
+                                     ("user", "the user name", user or "", 320),
+                                     ("folder", "the folder", folder.strip(), 255),
+                                     ("move_folder", "the folder to move to", after.folder, 255)):
+        if len(value) > most:  # the column's size: PostgreSQL refuses more
+            raise AdminError(f"{what} is longer than {most} characters", field=field)
     return dict(name=name, email=email, server=server.strip(), port=port, security=security,
                 username=user or email, folder=folder.strip(), after=after, poll_seconds=poll_seconds,
                 ca_file=ca_file, verify_tls=verify_tls)
