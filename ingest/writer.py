@@ -251,7 +251,7 @@ def outcome(message: Message, reason: str, repeat: str = "", step: str = "") -> 
 def dedup_key(delivery: Delivery, directory: Directory) -> str:
     """Same bytes for the same department are the same delivery (an MTA retry, an IMAP re-fetch)."""
     digest = hashlib.sha256(delivery.raw).hexdigest()
-    dept = directory.department(delivery.department) or directory.department_for(delivery.recipient)
+    dept = directory.department_of(delivery)
     if dept:
         return f"{digest}:{dept.id}"
     recipient = delivery.recipient.lower()  # no department: an IMAP account's address, or one just removed
