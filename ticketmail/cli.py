@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     _json(dept.add_parser("list", help="list departments"))
     edit = dept.add_parser("edit", help="rename a department, replace its addresses or change its policy")
     edit.add_argument("name")
-    edit.add_argument("--rename", metavar="NEW", help="its new name (rules naming the old one are not changed)")
+    edit.add_argument("--rename", metavar="NEW", help="its new name (the rules naming it follow)")
     edit.add_argument("--address", action="append", help="replaces all its addresses (repeat for several)")
     edit.add_argument("--unknown-sender", choices=UNKNOWN_SENDER)
     dept.add_parser("remove", help="remove a department nothing refers to").add_argument("name")
