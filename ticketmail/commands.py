@@ -154,7 +154,7 @@ async def tickets_set(db, config, args):
         changes.append(f"priority {was} -> {args.priority}")
     if tags is not None:
         was = await tickets.set_tags(db, args.number, tags, by=BY)
-        changes.append(f"tags {one_line(', '.join(was)) or '(none)'} -> {one_line(', '.join(tags)) or '(none)'}")
+        changes.append(f"tags {one_line(tickets.tags_text(was))} -> {one_line(tickets.tags_text(tags))}")
     say(f"ticket #{args.number}: {'; '.join(changes)}")
 
 

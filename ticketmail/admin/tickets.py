@@ -130,5 +130,9 @@ def parse_tags(value: str) -> list[str]:
 
 async def set_tags(db, number: int, tags: list[str], *, by: str) -> list[str]:
     """Replace the ticket's tags; returns the ones before."""
-    return list(await _change(db, number, "tags", parse_tags(",".join(tags)), by,
-                              shown=lambda t: ", ".join(t) or "(none)"))
+    return list(await _change(db, number, "tags", parse_tags(",".join(tags)), by, shown=tags_text))
+
+
+def tags_text(tags: list[str]) -> str:
+    """Tags as the audit log and the CLI write them: "vip, billing", or "(none)"."""
+    return ", ".join(tags) or "(none)"
