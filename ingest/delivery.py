@@ -24,8 +24,3 @@ class Outcome:
     reason: str
     repeat: str = ""  # stored before: "duplicate" (the same delivery again), "resubmitted" (the same message)
     step: str = ""  # the step of ingest/chain.py's CHAIN that decided; "" if nothing was decided now
-
-    @property
-    def duplicate(self) -> bool:
-        """Nothing new was stored: the delivery or the message had been before."""
-        return bool(self.repeat)

@@ -317,7 +317,7 @@ async def test_imap_deliveries_and_repeats_are_counted_by_source_and_outcome(db,
         imap = Delivery(raw, sender=ALICE, recipient=SUPPORT, source="imap:support", source_key="7/1",
                         account="support")
         assert (await pipeline.deliver(imap)).ticket == 1
-        assert (await pipeline.deliver(imap)).duplicate  # fetched again after a crash: the same delivery
+        assert (await pipeline.deliver(imap)).repeat == "duplicate"  # fetched again after a crash: the same delivery
         again = b"Received: from relay.example by mx.example; Sat, 28 Nov 2026 10:05:00 +0000\r\n" + raw
         await pipeline.deliver(Delivery(again, sender=ALICE, recipient=SUPPORT))  # via another path: the same message
     finally:

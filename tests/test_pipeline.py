@@ -219,7 +219,7 @@ async def test_same_delivery_racing_in_two_processes_is_stored_once(cli, db):
     assert all(o.status == "ticket" for o in outcomes)
     # Each pair of racing deliveries answered with the same ticket; one of each was a duplicate.
     assert [a.ticket == b.ticket for a, b in zip(outcomes[::2], outcomes[1::2])] == [True] * 30
-    assert sum(o.duplicate for o in outcomes) == 30
+    assert sum(o.repeat == "duplicate" for o in outcomes) == 30
     assert len(await as_json(cli, "tickets", "list")) == 30
 
 

@@ -91,7 +91,7 @@ async def test_a_resubmission_racing_in_two_processes_is_stored_once(cli, db):
         (Delivery(relayed(raw, "a.example"), ALICE, SUPPORT), Delivery(relayed(raw, "bb.example"), ALICE, SUPPORT))
         for raw in raws])
     assert [a.ticket == b.ticket for a, b in zip(outcomes[::2], outcomes[1::2])] == [True] * 20
-    assert sum(o.duplicate for o in outcomes) == 20
+    assert sum(o.repeat == "resubmitted" for o in outcomes) == 20
     assert len(await as_json(cli, "tickets", "list")) == 20
 
 
