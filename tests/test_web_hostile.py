@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from email.message import EmailMessage
 
-from ingest import tickets
 from tests.conftest import deliver
 from tests.panel_helpers import form_token, panel, sign_in  # noqa: F401 - panel is a fixture
 from tests.test_writer_failed import poison
@@ -47,7 +46,6 @@ async def test_a_hostile_message_is_inert_on_every_page_in_every_state(panel, cl
     poison(monkeypatch, RuntimeError(f"failed on {SCRIPT}"), marker="POISON")
     await deliver(lmtp.port, "mallory@evil.example", "support@xyzhosting.com",
                   hostile("support@xyzhosting.com", "mallory@evil.example", marker="POISON"))
-    monkeypatch.setattr(tickets, "act", tickets.act)
 
     async with await sign_in(panel) as response:
         assert response.status == 303
